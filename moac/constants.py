@@ -1,0 +1,52 @@
+"""Every tunable of moac in one place, as openai-python keeps its ``_constants.py``."""
+
+from __future__ import annotations
+
+# --- reading sources ---------------------------------------------------------------
+# A .moa file is a few kilobytes; a 2,000-agent generated file is about 100 KB. Anything
+# past this is refused before lexing rather than parsed for seconds.
+MAX_SOURCE_BYTES = 4 * 1024 * 1024
+# Hint for "did you mean": names closer than this (difflib ratio) are suggested.
+SUGGESTION_CUTOFF = 0.6
+
+# --- token estimates at compile time -----------------------------------------------
+# English text averages about four characters per token for the paper's models' tokenisers.
+CHARS_PER_TOKEN = 4.0
+# The prompt length assumed when no real prompt is at hand (compile-time checks, plans):
+# AlpacaEval 2.0 instructions average about 40 tokens, MT-Bench turns about 70; 256 leaves
+# room for longer user prompts without making the context check cry wolf.
+ASSUMED_PROMPT_TOKENS = 256
+# Chat-template overhead per message (role markers, separators).
+TOKENS_PER_MESSAGE = 8
+
+# --- sampling defaults (the paper's) -----------------------------------------------
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_MIN_OK = 1
+
+# --- providers -----------------------------------------------------------------------
+DEFAULT_PARALLEL = 8
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+# No bytes for this long on a stream means the server stalled.
+DEFAULT_READ_TIMEOUT_S = 60.0
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_RETRIES = 2
+
+# --- the aggregate-and-synthesize prompt ---------------------------------------------
+# The slot that receives the earlier layer's answers, numbered "1. ...", "2. ...".
+RESPONSES_SLOT = "responses"
+# Wang et al. 2024, Table 1, as in the reference implementation: a system prompt, the
+# earlier answers appended as a numbered list.
+DEFAULT_AGGREGATE_PROMPT = (
+    "You have been provided with a set of responses from various open-source models to the "
+    "latest user query. Your task is to synthesize these responses into a single, "
+    "high-quality response. It is crucial to critically evaluate the information provided in "
+    "these responses, recognizing that some of it may be biased or incorrect. Your response "
+    "should not simply replicate the given answers but should offer a refined, accurate, and "
+    "comprehensive reply to the instruction. Ensure your response is well-structured, "
+    "coherent, and adheres to the highest standards of accuracy and reliability.\n\n"
+    "Responses from models:\n{responses}"
+)
+
+# --- plans ---------------------------------------------------------------------------
+PLAN_FORMAT_VERSION = 1
