@@ -24,6 +24,13 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_MIN_OK = 1
 
+# --- model profile defaults, where a .moa file leaves them out --------------------------
+DEFAULT_TTFT_S = 0.5
+DEFAULT_OUTPUT_TOKENS_PER_S = 30.0
+# Prompt processing is an order of magnitude faster than generation on served models.
+DEFAULT_PREFILL_TOKENS_PER_S = 2000.0
+DEFAULT_ANSWER_TOKENS = 400
+
 # --- providers -----------------------------------------------------------------------
 DEFAULT_PARALLEL = 8
 DEFAULT_CONNECT_TIMEOUT_S = 5.0

@@ -325,7 +325,7 @@ def _token_span(token: Token) -> Span:
 _QUANTITY = re.compile(
     r"(?P<neg>-)?(?P<dollar>\$)?(?P<number>[0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
     r"[ \t]*(?P<unit>.*)")
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "{": "\\{", "}": "\\}"}
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
 
 def _meta_span(meta) -> Span:
@@ -351,7 +351,6 @@ def unquote(raw: str) -> tuple[str, int | None]:
         if char == "\\" and i + 1 < len(body):
             nxt = body[i + 1]
             if nxt in _ESCAPES:
-                # \{ and \} stay escaped: they are for the template engine, not for us.
                 out.append(_ESCAPES[nxt])
             elif long and nxt == "\n":
                 pass  # a backslash at the end of a line joins it with the next
@@ -419,7 +418,7 @@ class _Builder(Transformer):
             self.diagnostics.append(Diagnostic(
                 "E004", f"unknown escape '\\{self.text[offset + 1]}' in a string", self.path,
                 Span(line, column, line, column + 2, offset, offset + 2), source=self.text,
-                hint='write "\\\\" for a backslash; known escapes: \\n \\t \\r \\" \\\\ \\{ \\}'))
+                hint='write "\\\\" for a backslash; known escapes: \\n \\t \\r \\" \\\\'))
         return ast.String(value, _token_span(token))
 
     @v_args(meta=True)

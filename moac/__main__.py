@@ -1,0 +1,3 @@
+from moac.cli import run
+
+run()

@@ -1,0 +1,32 @@
+"""The checker: an ordered tuple of passes over the loaded workspace.
+
+Each pass reads what the earlier ones left in :class:`CheckState` and reports every
+problem it finds; none stops at the first, so one run of ``moac check`` shows them all.
+"""
+
+from __future__ import annotations
+
+from moac.checks.catalog import read_budgets, read_models, read_providers
+from moac.checks.context import check_context_windows
+from moac.checks.declare import declare_names
+from moac.checks.pipelines import expand_pipelines
+from moac.checks.routes import read_routes
+from moac.checks.state import CheckState
+from moac.loader import Workspace
+
+CHECKS = (
+    declare_names,
+    read_providers,
+    read_models,
+    read_budgets,
+    expand_pipelines,
+    check_context_windows,
+    read_routes,
+)
+
+
+def check(workspace: Workspace) -> CheckState:
+    state = CheckState(workspace)
+    for check_pass in CHECKS:
+        check_pass(state)
+    return state

@@ -1,0 +1,90 @@
+"""Pass 5: routes name existing pipelines, known policies, and sensible thresholds."""
+
+from __future__ import annotations
+
+from moac import ast
+from moac.checks.catalog import read_budget_settings
+from moac.checks.state import CheckState, suggest
+from moac.checks.values import Reader
+from moac.spec import RouteSpec
+
+POLICIES = ("budget", "preroute", "agreement", "learned")
+ROUTE_KEYS = ("candidates", "policy", "agreement", "usd_per_point", "share")
+
+
+def read_routes(state: CheckState) -> None:
+    for name, declared in state.routes.items():
+        spec = _read_route(state, Reader(state, declared.path), declared.node)
+        if spec is not None:
+            state.route_specs[name] = spec
+
+
+def _read_route(state: CheckState, reader: Reader, node: ast.Route) -> RouteSpec | None:
+    what = f"route '{node.name.name}'"
+    before = len(state.diagnostics)
+    budget = read_budget_settings(reader, node.settings, what, extra_keys=ROUTE_KEYS)
+    settings = {s.key.name: s for s in node.settings if s.key.name in ROUTE_KEYS}
+    fields: dict = {"name": node.name.name, "budget": budget, "path": reader.path}
+    if "candidates" not in settings:
+        reader.report("E204", f"{what} has no 'candidates'", node.name.span,
+                      hint="add `candidates = [moa, moa_lite]`")
+    else:
+        fields["candidates"] = _candidates(state, reader, settings["candidates"])
+    if "policy" in settings:
+        fields["policies"] = _policies(reader, settings["policy"])
+    for key, field, kind in (("agreement", "agreement", "fraction"),
+                             ("share", "target_share", "fraction")):
+        if key in settings and (value := reader.single(settings[key])) is not None:
+            number = reader.quantity(value, kind, key)
+            fields[field] = reader.in_range(number, 0, 1, key, value.span)
+    if "usd_per_point" in settings and (value := reader.single(settings["usd_per_point"])):
+        fields["usd_per_point"] = reader.positive(value, "usd", "usd_per_point")
+    if len(state.diagnostics) > before or any(v is None for v in fields.values()):
+        return None
+    return RouteSpec(**fields)
+
+
+def _candidates(state: CheckState, reader: Reader, setting: ast.Setting):
+    value = reader.single(setting)
+    names = value and reader.names(value, "candidates")
+    if not names:
+        return None
+    found = []
+    for item in names:
+        ident = ast.Ident(item.name, item.span)
+        if item.name in state.pipelines:
+            found.append(item.name)
+        elif item.name in state.routes:
+            reader.report("E501", f"candidate '{item.name}' is a route; a route chooses among "
+                          "pipelines", item.span)
+        else:
+            kind = state.kind_of(item.name)
+            if kind:
+                state.unknown("pipeline", ident, reader.path, state.pipelines, elsewhere=kind)
+            else:
+                reader.report("E501", f"route candidate '{item.name}' is not a pipeline",
+                              item.span, hint=suggest(item.name, state.pipelines))
+    if len(set(found)) != len(found):
+        reader.report("E205", "a candidate is listed twice", value.span)
+        return None
+    if len(names) < 2:
+        reader.report("E502", "a route chooses among at least two pipelines", value.span,
+                      hint="to always run one pipeline, select it with --pipeline")
+        return None
+    return tuple(found) if len(found) == len(names) else None
+
+
+def _policies(reader: Reader, setting: ast.Setting):
+    value = reader.single(setting)
+    names = value and reader.names(value, "policy")
+    if not names:
+        return None
+    policies = []
+    for item in names:
+        if item.name not in POLICIES:
+            reader.report("E503", f"unknown route policy '{item.name}'", item.span,
+                          hint=suggest(item.name, POLICIES) or "policies: " + ", ".join(
+                              POLICIES))
+            return None
+        policies.append(item.name)
+    return tuple(policies)

@@ -1,0 +1,82 @@
+"""What the checker passes share: the workspace, the symbol tables, the specs built so far,
+and the diagnostics found. Each pass reads what earlier passes left and adds its own part."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from moac import ast
+from moac.constants import SUGGESTION_CUTOFF
+from moac.diagnostics import Diagnostic, Span
+from moac.loader import Workspace
+from moac.spec import BudgetSpec, ModelSpec, PipelineSpec, ProviderSpec, RouteSpec
+
+Node = TypeVar("Node")
+
+
+@dataclass(frozen=True)
+class Declared(Generic[Node]):
+    """A declaration and the file it was found in."""
+
+    node: Node
+    path: str
+
+
+@dataclass(frozen=True)
+class AgentSite:
+    """Where an agent of a checked pipeline was written, for diagnostics after expansion."""
+
+    path: str
+    span: Span
+
+
+@dataclass
+class CheckState:
+    workspace: Workspace
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    providers: dict[str, Declared[ast.Provider]] = field(default_factory=dict)
+    models: dict[str, Declared[ast.Model]] = field(default_factory=dict)
+    pipelines: dict[str, Declared[ast.Pipeline]] = field(default_factory=dict)
+    routes: dict[str, Declared[ast.Route]] = field(default_factory=dict)
+    provider_specs: dict[str, ProviderSpec] = field(default_factory=dict)
+    model_specs: dict[str, ModelSpec] = field(default_factory=dict)
+    pipeline_specs: dict[str, PipelineSpec] = field(default_factory=dict)
+    route_specs: dict[str, RouteSpec] = field(default_factory=dict)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    # (pipeline, layer index or -1 for the aggregator, -2 for the fallback, agent index)
+    agent_sites: dict[tuple[str, int, int], AgentSite] = field(default_factory=dict)
+
+    def report(self, code: str, message: str, path: str, span: Span | None,
+               hint: str | None = None) -> None:
+        if span is not None and span.line == 0:
+            span = None
+        self.diagnostics.append(Diagnostic(code, message, path, span, hint))
+
+    def unknown(self, kind: str, ident: ast.Ident, path: str, known, *, elsewhere: str | None
+                = None) -> None:
+        """Report ``ident`` as an unknown ``kind``, suggesting the closest known names."""
+        if elsewhere:
+            self.report("E105", f"'{ident.name}' is a {elsewhere}, not a {kind}", path,
+                        ident.span)
+            return
+        self.report("E101", f"unknown {kind} '{ident.name}'", path, ident.span,
+                    hint=suggest(ident.name, known))
+
+    def kind_of(self, name: str) -> str | None:
+        """What a name is declared as, if anything."""
+        for kind, table in (("model", self.models), ("provider", self.providers),
+                            ("pipeline", self.pipelines), ("route", self.routes)):
+            if name in table:
+                return kind
+        return None
+
+
+def suggest(name: str, known) -> str | None:
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=SUGGESTION_CUTOFF)
+    if not close:
+        return None
+    if len(close) == 1:
+        return f"did you mean '{close[0]}'?"
+    return "did you mean " + ", ".join(f"'{c}'" for c in close[:-1]) + f" or '{close[-1]}'?"

@@ -1,0 +1,212 @@
+"""Typed reading of setting values: units, ranges, names and environment variables.
+
+Every reader returns the value in moac's base unit (seconds, tokens, billions of
+parameters, dollars per million tokens) or None after reporting what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from moac import ast
+from moac.checks.state import CheckState, suggest
+from moac.diagnostics import Span
+
+# Each kind of quantity: the units it takes and their factor to the base unit.
+# `k` counts tokens in 1,024s (context windows are powers of two: 32k = 32,768).
+UNITS: dict[str, dict[str, float]] = {
+    "duration": {"s": 1.0, "ms": 0.001, "min": 60.0},
+    "tokens": {"": 1.0, "tok": 1.0, "tokens": 1.0, "k": 1024.0, "K": 1024.0,
+               "M": 1024.0 * 1024.0},
+    "params": {"B": 1.0, "M": 0.001, "T": 1000.0},
+    "rate": {"tok/s": 1.0},
+    "tflops": {"": 1.0, "TFLOPs": 1.0, "TFLOP": 1.0},
+    "number": {"": 1.0},
+    "percent": {"": 1.0, "%": 1.0},
+    "fraction": {"": 1.0, "%": 0.01},
+}
+KIND_WORDS = {
+    "duration": "a duration (e.g. 30s, 500ms)",
+    "tokens": "a token count (e.g. 512, 32k, 400 tok)",
+    "params": "a parameter count (e.g. 111B, 135M)",
+    "rate": "a rate in tok/s (e.g. 35 tok/s)",
+    "tflops": "TFLOPs (e.g. 500 TFLOPs)",
+    "number": "a plain number",
+    "percent": "a score from 0 to 100",
+    "fraction": "a fraction (0.8 or 80%)",
+    "usd": "dollars (e.g. $0.05)",
+    "price": "a price per million tokens (e.g. $0.90/M)",
+}
+ALL_UNITS = sorted({u for table in UNITS.values() for u in table if u} | {"/M"})
+
+
+@dataclass
+class Reader:
+    """Reads the values of one file's settings, reporting problems against that file."""
+
+    state: CheckState
+    path: str
+
+    def report(self, code: str, message: str, span: Span | None, hint: str | None = None):
+        self.state.report(code, message, self.path, span, hint)
+
+    # --- settings lists --------------------------------------------------------------
+
+    def settings(self, settings: Iterable[ast.Setting], known: Iterable[str], what: str
+                 ) -> dict[str, ast.Setting]:
+        """Index settings by key; report unknown keys (with a suggestion) and repeats."""
+        known = list(known)
+        seen: dict[str, ast.Setting] = {}
+        for setting in settings:
+            key = setting.key.name
+            if key not in known:
+                self.report("E201", f"unknown setting '{key}' in {what}", setting.key.span,
+                            hint=suggest(key, known) or "known settings: " + ", ".join(known))
+                continue
+            if key in seen:
+                self.report("E205", f"'{key}' is set twice in {what} (first on line "
+                            f"{seen[key].span.line})", setting.key.span)
+                continue
+            seen[key] = setting
+        return seen
+
+    def single(self, setting: ast.Setting) -> ast.Value | None:
+        if len(setting.values) != 1:
+            self.report("E207", f"'{setting.key.name}' takes one value, not "
+                        f"{len(setting.values)}", setting.span)
+            return None
+        return setting.values[0]
+
+    # --- scalars -----------------------------------------------------------------------
+
+    def quantity(self, value: ast.Value, kind: str, key: str, *, allow_tag: bool = False
+                 ) -> float | None:
+        if not isinstance(value, ast.Quantity):
+            self.report("E202", f"'{key}' takes {KIND_WORDS[kind]}, not {describe(value)}",
+                        value.span)
+            return None
+        if value.tag is not None and not allow_tag:
+            self.report("E202", f"unexpected word '{value.tag.name}' after the value of "
+                        f"'{key}'", value.tag.span)
+            return None
+        if kind in ("usd", "price"):
+            wanted = "" if kind == "usd" else "/M"
+            if not value.dollars or value.unit != wanted:
+                self.report("E203", f"'{key}' takes {KIND_WORDS[kind]}, not "
+                            f"'{value.text()}'", value.span, hint=_unit_hint(value, kind))
+                return None
+            return value.value
+        table = UNITS[kind]
+        if value.dollars or value.unit not in table:
+            if not value.dollars and value.unit and value.unit not in ALL_UNITS:
+                message = f"unknown unit '{value.unit}'"
+                hint = "known units: $, /M, " + ", ".join(u for u in ALL_UNITS if u != "/M")
+            else:
+                message = f"'{key}' takes {KIND_WORDS[kind]}, not '{value.text()}'"
+                hint = _unit_hint(value, kind)
+            self.report("E203", message, value.span, hint=hint)
+            return None
+        number = value.value * table[value.unit]
+        if not math.isfinite(number):
+            self.report("E206", f"'{key}' must be a finite number", value.span)
+            return None
+        return number
+
+    def integer(self, value: ast.Value, key: str, *, kind: str = "number", minimum: int = 0
+                ) -> int | None:
+        number = self.quantity(value, kind, key)
+        if number is None:
+            return None
+        if number != int(number):
+            self.report("E202", f"'{key}' takes a whole number, not {value.text()}",
+                        value.span)
+            return None
+        return self.at_least(int(number), minimum, key, value.span)
+
+    def positive(self, value: ast.Value, kind: str, key: str) -> float | None:
+        number = self.quantity(value, kind, key)
+        if number is None:
+            return None
+        return self.at_least(number, 0, key, value.span, strict=True)
+
+    def at_least(self, number, minimum, key: str, span: Span, *, strict: bool = False):
+        if number < minimum or (strict and number == minimum):
+            relation = "greater than" if strict else "at least"
+            self.report("E206", f"'{key}' must be {relation} {minimum:g}, not {number:g}", span)
+            return None
+        return number
+
+    def in_range(self, number: float | None, low: float, high: float, key: str, span: Span):
+        if number is None:
+            return None
+        if not low <= number <= high:
+            self.report("E206", f"'{key}' must be between {low:g} and {high:g}, not "
+                        f"{number:g}", span)
+            return None
+        return number
+
+    def string(self, value: ast.Value, key: str) -> str | None:
+        if not isinstance(value, ast.String):
+            self.report("E202", f"'{key}' takes a quoted string, not {describe(value)}",
+                        value.span)
+            return None
+        return value.value
+
+    def choice(self, value: ast.Value, key: str, choices: Iterable[str]) -> str | None:
+        choices = list(choices)
+        words = " or ".join(choices)
+        if not isinstance(value, ast.Name):
+            self.report("E202", f"'{key}' takes one of {words}, not {describe(value)}",
+                        value.span)
+            return None
+        if value.name not in choices:
+            self.report("E206", f"'{key}' must be {words}, not '{value.name}'", value.span,
+                        hint=suggest(value.name, choices))
+            return None
+        return value.name
+
+    def names(self, value: ast.Value, key: str) -> list[ast.Name] | None:
+        """A name or a list of names."""
+        items = value.items if isinstance(value, ast.ListValue) else (value,)
+        names = []
+        for item in items:
+            if not isinstance(item, ast.Name):
+                self.report("E202", f"'{key}' takes names, not {describe(item)}", item.span)
+                return None
+            names.append(item)
+        return names
+
+
+def describe(value: ast.Value) -> str:
+    if isinstance(value, ast.Quantity):
+        return f"the number '{value.text()}'"
+    if isinstance(value, ast.String):
+        return "a string"
+    if isinstance(value, ast.Name):
+        return f"the name '{value.name}'"
+    if isinstance(value, ast.Env):
+        return "an environment variable"
+    if isinstance(value, ast.ListValue):
+        return "a list"
+    return "this value"
+
+
+def _unit_hint(value: ast.Quantity, kind: str) -> str | None:
+    if kind == "price" and value.dollars and not value.unit:
+        return f"prices are per million tokens: write ${value.number}/M"
+    if kind == "price" and not value.dollars:
+        return f"write ${value.number}/M"
+    if kind == "usd" and not value.dollars:
+        return f"write ${value.number}"
+    if kind == "duration" and not value.unit:
+        return f"write {value.number}s or {value.number}ms"
+    if kind == "params" and not value.unit:
+        return f"write {value.number}B for billions of parameters"
+    if kind == "rate" and not value.unit:
+        return f"write {value.number} tok/s"
+    return None
+
+
+Check = Callable[[CheckState], None]

@@ -1,0 +1,122 @@
+"""The public compile API: a path or a string in, a :class:`Program` out.
+
+    >>> program = compile_file("examples/moa.moa")
+    >>> plan = program.plan("moa")
+
+Errors are raised as :class:`~moac.diagnostics.MoaSyntaxError` (some file does not parse)
+or :class:`~moac.diagnostics.MoaSemanticError` (it parses but is wrong), each carrying
+every diagnostic found, with the source text attached for rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from moac import ast
+from moac.checks import check
+from moac.diagnostics import Diagnostic, MoaError, MoaSemanticError, MoaSyntaxError
+from moac.ir import Plan
+from moac.loader import Workspace, load
+from moac.lower import lower
+from moac.spec import BudgetSpec, ModelSpec, PipelineSpec, ProviderSpec, RouteSpec
+
+
+class SelectionError(ValueError):
+    """``--pipeline NAME`` names nothing, or a file declares several and none was named."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything a checked workspace declares, ready to lower."""
+
+    root: str
+    providers: dict[str, ProviderSpec]
+    models: dict[str, ModelSpec]
+    pipelines: dict[str, PipelineSpec]
+    routes: dict[str, RouteSpec]
+    budget: BudgetSpec
+    # Pipelines and routes declared in the root file itself, in order.
+    own_names: tuple[str, ...]
+
+    def default_name(self) -> str:
+        """The pipeline or route to use when none is named: the root file's only one."""
+        if len(self.own_names) == 1:
+            return self.own_names[0]
+        candidates = self.own_names or tuple(self.pipelines) + tuple(self.routes)
+        if not candidates:
+            raise SelectionError(f"{self.root} declares no pipeline")
+        raise SelectionError(f"{self.root} declares several pipelines and routes; choose one "
+                             f"with --pipeline: {', '.join(candidates)}")
+
+    def select(self, name: str | None = None) -> PipelineSpec | RouteSpec:
+        name = name or self.default_name()
+        if name in self.pipelines:
+            return self.pipelines[name]
+        if name in self.routes:
+            return self.routes[name]
+        known = ", ".join(list(self.pipelines) + list(self.routes)) or "none"
+        raise SelectionError(f"no pipeline or route named '{name}' (known: {known})")
+
+    def plan(self, name: str | None = None, budget: BudgetSpec | None = None) -> Plan:
+        """The lowered plan of a pipeline; ``budget`` overrides the file's limits."""
+        selected = self.select(name)
+        if isinstance(selected, RouteSpec):
+            raise SelectionError(f"'{selected.name}' is a route; plan one of its candidates "
+                                 f"({', '.join(selected.candidates)})")
+        return lower(selected, self.models, self.providers, self.budget.merged(budget))
+
+    def route_plans(self, name: str, budget: BudgetSpec | None = None) -> dict[str, Plan]:
+        route = self.routes[name]
+        limits = self.budget.merged(route.budget).merged(budget)
+        return {c: lower(self.pipelines[c], self.models, self.providers, limits)
+                for c in route.candidates}
+
+
+def compile_file(path: str | os.PathLike) -> Program:
+    return _compile(*load(path))
+
+
+def compile_string(text: str, name: str = "<string>") -> Program:
+    """Compile source text; its imports resolve relative to the current directory."""
+    return _compile(*load(text=text, name=name))
+
+
+def check_file(path: str | os.PathLike) -> list[Diagnostic]:
+    """Every diagnostic for a file, raising nothing."""
+    try:
+        compile_file(path)
+    except MoaError as error:
+        return list(error.diagnostics)
+    return []
+
+
+def _compile(workspace: Workspace, load_diagnostics: list[Diagnostic]) -> Program:
+    sources = workspace.sources()
+    if load_diagnostics:
+        syntax = [d for d in load_diagnostics if d.code < "E100"]
+        cls = MoaSyntaxError if syntax else MoaSemanticError
+        raise cls(_with_sources(load_diagnostics, sources))
+    state = check(workspace)
+    if state.diagnostics:
+        raise MoaSemanticError(_with_sources(state.diagnostics, sources))
+    own = tuple(item.name.name for item in workspace.root_module.items
+                if isinstance(item, (ast.Pipeline, ast.Route)))
+    return Program(workspace.root, state.provider_specs, state.model_specs,
+                   state.pipeline_specs, state.route_specs, state.budget, own)
+
+
+def _with_sources(diagnostics: list[Diagnostic], sources: dict[str, str]) -> list[Diagnostic]:
+    """Attach source text and drop repeats (a base pipeline's error seen via each child)."""
+    seen = set()
+    out = []
+    for diagnostic in diagnostics:
+        key = (diagnostic.code, diagnostic.path, diagnostic.span, diagnostic.message)
+        if key in seen:
+            continue
+        seen.add(key)
+        if diagnostic.source is None and diagnostic.path in sources:
+            diagnostic = dataclasses.replace(diagnostic, source=sources[diagnostic.path])
+        out.append(diagnostic)
+    return out

@@ -1,0 +1,118 @@
+"""Checked, typed declarations: what a ``.moa`` file means once every name and unit is known.
+
+The checker turns AST nodes into these pydantic models; lowering, the planner and the
+executor read only these, never the AST. Units are normalised here: dollars per million
+tokens, billions of parameters, tokens, seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProviderSpec(Spec):
+    """An endpoint. ``api_key_env`` is the *name* of an environment variable, never a key."""
+
+    name: str
+    kind: Literal["openai", "local"]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    parallel: int
+    rpm: float | None = None
+    timeout_s: float
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_retries: int
+    model_path: str | None = None
+
+
+class ModelSpec(Spec):
+    """A model's profile: what it costs, how big and fast it is, how good it is alone."""
+
+    name: str
+    provider: str
+    model_id: str
+    usd_per_m_input: float
+    usd_per_m_output: float
+    active_params_b: float
+    total_params_b: float
+    context_tokens: int
+    ttft_s: float
+    output_tokens_per_s: float
+    prefill_tokens_per_s: float
+    quality: float | None = None
+    answer_tokens: int
+
+
+class Sampling(Spec):
+    temperature: float
+    max_tokens: int
+    top_p: float | None = None
+    seed: int | None = None
+
+
+class AgentSpec(Spec):
+    """One call site: a model with its sampling settings and optional system prompt."""
+
+    model: str
+    sampling: Sampling
+    system: str | None = None
+
+
+class LayerSpec(Spec):
+    """Agents that run in parallel. ``prompt`` is the aggregate-and-synthesize template its
+    agents receive the earlier layer's answers through (None for the first layer)."""
+
+    name: str
+    agents: tuple[AgentSpec, ...]
+    min_ok: int
+    prompt: str | None = None
+
+
+class PipelineSpec(Spec):
+    name: str
+    base: str | None = None
+    layers: tuple[LayerSpec, ...]
+    aggregator: AgentSpec
+    aggregator_prompt: str | None = None
+    fallback: AgentSpec | None = None
+    path: str = ""
+
+
+class BudgetSpec(Spec):
+    """Per-query limits; None means unbounded. Command-line flags override these."""
+
+    max_usd: float | None = None
+    max_latency_s: float | None = None
+    max_tflops: float | None = None
+    mode: Literal["expected", "worst"] = "expected"
+
+    def merged(self, override: "BudgetSpec | None") -> "BudgetSpec":
+        """This budget with every limit ``override`` sets taken from it."""
+        if override is None:
+            return self
+        values = self.model_dump()
+        values.update(override.model_dump(exclude_unset=True))
+        return BudgetSpec(**values)
+
+
+RoutePolicy = Literal["budget", "preroute", "agreement", "learned"]
+
+
+class RouteSpec(Spec):
+    """A per-query choice among pipelines. The policies are carried out by the router."""
+
+    name: str
+    candidates: tuple[str, ...]
+    policies: tuple[RoutePolicy, ...] = ("budget",)
+    agreement: float | None = None
+    usd_per_point: float | None = None
+    target_share: float | None = None
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    path: str = ""

@@ -1,0 +1,1 @@
+"""moac's planner: cost, latency, compute and quality estimates for lowered plans."""
