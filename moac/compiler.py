@@ -94,13 +94,15 @@ def check_file(path: str | os.PathLike) -> list[Diagnostic]:
 
 def _compile(workspace: Workspace, load_diagnostics: list[Diagnostic]) -> Program:
     sources = workspace.sources()
-    if load_diagnostics:
-        syntax = [d for d in load_diagnostics if d.code < "E100"]
-        cls = MoaSyntaxError if syntax else MoaSemanticError
-        raise cls(_with_sources(load_diagnostics, sources))
+    if any(d.code < "E100" for d in load_diagnostics):
+        raise MoaSyntaxError(_with_sources(load_diagnostics, sources))
+    # A missing import would make every name it declares look unknown: stop before that
+    # flood. A cycle loses no declaration, so the check goes on and reports it with the rest.
+    if any(d.code != "E104" for d in load_diagnostics):
+        raise MoaSemanticError(_with_sources(load_diagnostics, sources))
     state = check(workspace)
-    if state.diagnostics:
-        raise MoaSemanticError(_with_sources(state.diagnostics, sources))
+    if state.diagnostics or load_diagnostics:
+        raise MoaSemanticError(_with_sources(load_diagnostics + state.diagnostics, sources))
     own = tuple(item.name.name for item in workspace.root_module.items
                 if isinstance(item, (ast.Pipeline, ast.Route)))
     return Program(workspace.root, state.provider_specs, state.model_specs,
