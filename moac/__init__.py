@@ -9,9 +9,16 @@ Write pipelines of LLMs as ``.moa`` files; compile them to plans; run them.
 
 from moac.compiler import Program, SelectionError, check_file, compile_file, compile_string
 from moac.diagnostics import Diagnostic, MoaError, MoaSemanticError, MoaSyntaxError, Span
-from moac.ir import CallNode, Plan, PlanError
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The IR pulls in networkx (~100 ms); load it only when someone asks for it.
+    if name in ("CallNode", "Plan", "PlanError"):
+        from moac import ir
+        return getattr(ir, name)
+    raise AttributeError(f"module 'moac' has no attribute {name!r}")
 
 __all__ = [
     "CallNode", "Diagnostic", "MoaError", "MoaSemanticError", "MoaSyntaxError", "Plan",

@@ -13,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from moac import ast
 from moac.checks import check
 from moac.diagnostics import Diagnostic, MoaError, MoaSemanticError, MoaSyntaxError
-from moac.ir import Plan
 from moac.loader import Workspace, load
-from moac.lower import lower
 from moac.spec import BudgetSpec, ModelSpec, PipelineSpec, ProviderSpec, RouteSpec
+
+if TYPE_CHECKING:  # networkx costs ~100 ms to import; `moac check` never needs it
+    from moac.ir import Plan
 
 
 class SelectionError(ValueError):
@@ -59,15 +61,17 @@ class Program:
         known = ", ".join(list(self.pipelines) + list(self.routes)) or "none"
         raise SelectionError(f"no pipeline or route named '{name}' (known: {known})")
 
-    def plan(self, name: str | None = None, budget: BudgetSpec | None = None) -> Plan:
+    def plan(self, name: str | None = None, budget: BudgetSpec | None = None) -> "Plan":
         """The lowered plan of a pipeline; ``budget`` overrides the file's limits."""
+        from moac.lower import lower
         selected = self.select(name)
         if isinstance(selected, RouteSpec):
             raise SelectionError(f"'{selected.name}' is a route; plan one of its candidates "
                                  f"({', '.join(selected.candidates)})")
         return lower(selected, self.models, self.providers, self.budget.merged(budget))
 
-    def route_plans(self, name: str, budget: BudgetSpec | None = None) -> dict[str, Plan]:
+    def route_plans(self, name: str, budget: BudgetSpec | None = None) -> dict[str, "Plan"]:
+        from moac.lower import lower
         route = self.routes[name]
         limits = self.budget.merged(route.budget).merged(budget)
         return {c: lower(self.pipelines[c], self.models, self.providers, limits)

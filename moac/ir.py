@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any, Literal
 
 from moac.constants import PLAN_FORMAT_VERSION
 from moac.spec import BudgetSpec, ModelSpec, ProviderSpec, Sampling, Spec
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 Role = Literal["propose", "refine", "aggregate", "fallback"]
 
@@ -123,6 +124,8 @@ class Plan:
         if data.get("version") != PLAN_FORMAT_VERSION:
             raise PlanError(f"plan format version {data.get('version')!r} is not supported "
                             f"(this moac reads version {PLAN_FORMAT_VERSION})")
+        import networkx as nx  # imported here so that `moac check` never pays for it
+
         try:
             graph = nx.DiGraph(
                 pipeline=data["pipeline"], source=data.get("source", ""),
