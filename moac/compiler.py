@@ -49,6 +49,9 @@ class Program:
         candidates = self.own_names or tuple(self.pipelines) + tuple(self.routes)
         if not candidates:
             raise SelectionError(f"{self.root} declares no pipeline")
+        if not self.own_names:
+            raise SelectionError(f"{self.root} declares no pipeline of its own; choose an "
+                                 f"imported one with --pipeline: {', '.join(candidates)}")
         raise SelectionError(f"{self.root} declares several pipelines and routes; choose one "
                              f"with --pipeline: {', '.join(candidates)}")
 

@@ -43,7 +43,9 @@ class _Newlines:
     never needs ``_NL+``.
     """
 
-    always_accept = ("_NL",)
+    # NAME in every state keeps keywords whole words: `fallbackb` lexes as one name (and
+    # is then rejected), never as `fallback` followed by `b`.
+    always_accept = ("_NL", "NAME")
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         depth = 0
@@ -162,6 +164,8 @@ def parse(text: str, path: str = "<string>") -> ast.Module:
         return parse_bytes(text.encode("utf-8", "replace"), path)
     if "\x00" in text:
         return parse_bytes(text.encode("utf-8", "replace"), path)
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark, as decode_source drops it from bytes
     parser = get_parser()
     try:
         tree = parser.parse(text)
@@ -257,6 +261,9 @@ def _syntax_diagnostic(parser: Lark, error: UnexpectedInput, text: str, path: st
         char = text[offset] if offset < len(text) else ""
         span = Span(error.line, error.column, error.line, error.column + 1, offset, offset + 1)
         if char == '"':
+            if offset >= 2 and text.startswith('"""', offset - 2):
+                # `"""` never closed: the lexer took its first two quotes for an empty string.
+                return _unterminated_long(text, offset - 2, path)
             return Diagnostic("E005", "unterminated string", path, span, source=text,
                               hint='close it with " on the same line, or use """ for text '
                                    "over several lines")
@@ -265,6 +272,9 @@ def _syntax_diagnostic(parser: Lark, error: UnexpectedInput, text: str, path: st
                           hint=_hint_for_character(char))
     if isinstance(error, UnexpectedToken):
         token = error.token
+        if token.type == "STRING" and str(token) == '""' and \
+                text.startswith('"', token.end_pos or 0):
+            return _unterminated_long(text, token.start_pos or 0, path)
         expected = _accepted(error)
         if token.type == "$END":
             line = text.count("\n") + 1
@@ -279,6 +289,14 @@ def _syntax_diagnostic(parser: Lark, error: UnexpectedInput, text: str, path: st
     column = getattr(error, "column", 1) or 1
     return Diagnostic("E001", "syntax error", path, Span.point(max(line, 1), max(column, 1)),
                       source=text)
+
+
+def _unterminated_long(text: str, offset: int, path: str) -> Diagnostic:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return Diagnostic("E005", "unterminated string", path,
+                      Span(line, column, line, column + 3, offset, offset + 3), source=text,
+                      hint='close it with """')
 
 
 def _accepted(error: UnexpectedToken) -> set[str]:
@@ -301,11 +319,23 @@ def _hint_for_character(char: str) -> str | None:
     return None
 
 
+_KEYWORDS = frozenset({"import", "provider", "model", "pipeline", "route", "budget", "from",
+                       "layer", "aggregate", "fallback", "without"})
+
+
 def _hint_for_token(token: Token, expected) -> str | None:
+    # A keyword or a brace where a bracket should close: `[a, b` ran on to the next line.
+    # (Keywords arrive as NAME where they are not expected: NAME is lexed everywhere.)
+    if str(token) in _KEYWORDS or token.type in ("LBRACE", "RBRACE"):
+        for closer, shown in (("RSQB", "]"), ("RPAR", ")")):
+            if closer in expected:
+                return f"is a '{shown}' missing before it?"
     if "COMMA" in expected and token.type in ("NAME", "QUANTITY", "STRING"):
         return "is a ',' missing before it?"
-    if token.type == "$END" and "RBRACE" in expected:
-        return "a '{' is never closed"
+    if token.type == "$END":
+        for closer, opener in (("RSQB", "["), ("RPAR", "("), ("RBRACE", "{")):
+            if closer in expected:
+                return f"a '{opener}' is never closed"
     if token.type == "_NL" and "EQUAL" in expected:
         return "settings are written `key = value` on one line"
     return None
@@ -354,6 +384,9 @@ def unquote(raw: str) -> tuple[str, int | None]:
                 out.append(_ESCAPES[nxt])
             elif long and nxt == "\n":
                 pass  # a backslash at the end of a line joins it with the next
+            elif long and nxt == "\r" and body.startswith("\n", i + 2):
+                i += 3  # the same at the end of a CRLF line
+                continue
             else:
                 bad = bad if bad is not None else i + (3 if long else 1)
                 out.append(nxt)

@@ -102,7 +102,7 @@ class Reader:
         if value.dollars or value.unit not in table:
             if not value.dollars and value.unit and value.unit not in ALL_UNITS:
                 message = f"unknown unit '{value.unit}'"
-                hint = "known units: $, /M, " + ", ".join(u for u in ALL_UNITS if u != "/M")
+                hint = f"'{key}' takes {KIND_WORDS[kind]}"
             else:
                 message = f"'{key}' takes {KIND_WORDS[kind]}, not '{value.text()}'"
                 hint = _unit_hint(value, kind)
