@@ -1,0 +1,49 @@
+"""Tunables of the provider layer, kept in one place as openai-python keeps ``_constants.py``.
+
+Per-provider settings (timeouts, retries, parallelism) come from the ``.moa`` file through
+:class:`moac.spec.ProviderSpec`; their defaults live in :mod:`moac.constants`. What is here
+applies to every provider.
+"""
+
+from __future__ import annotations
+
+# --- retries (openai-python: 0.5 s initial, 8 s cap, jitter 1 - 0.25 * random()) -------
+INITIAL_RETRY_DELAY_S = 0.5
+MAX_RETRY_DELAY_S = 8.0
+# The backoff is multiplied by a factor drawn uniformly from [JITTER_MIN, 1.0].
+JITTER_MIN = 0.75
+# A server-sent Retry-After (or retry-after-ms) is obeyed when 0 < v <= this; a longer or
+# nonsensical one falls back to the backoff (openai-python's rule).
+MAX_RETRY_AFTER_S = 120.0
+# An attempt is not started with less time than this left before the query's deadline:
+# connecting and a first token take about this long on a hosted endpoint.
+MIN_ATTEMPT_S = 1.0
+
+# --- cooling down a provider after a burst of failures (LiteLLM: 5 s) ---------------------
+# This many 429/5xx/timeouts in a row, with no success between them, pause new attempts on
+# that provider. Never on a single first failure.
+COOLDOWN_AFTER_FAILURES = 3
+COOLDOWN_S = 5.0
+
+# --- HTTP -----------------------------------------------------------------------------
+# aiohttp's default total connection cap; raised when the providers' caps add up to more.
+DEFAULT_CONNECTION_LIMIT = 100
+# aiohttp rounds timeouts at least this long up to a whole second (its own default, set
+# explicitly so that every ClientTimeout field is chosen, not inherited).
+TIMEOUT_CEIL_THRESHOLD_S = 5.0
+# An error body is read up to this many bytes; a proxy's HTML error page can be large.
+MAX_ERROR_BODY_READ_BYTES = 64 * 1024
+USER_AGENT = "moac/0.1"
+# A server-sent-events line longer than this is refused: aiohttp's own line reader stops at
+# 128 KiB, which a long answer's final JSON can pass; without any cap, a server that never
+# sends a line end would fill memory until the attempt's total timeout.
+MAX_SSE_LINE_BYTES = 8 * 1024 * 1024
+
+# --- secrets and stored bodies ----------------------------------------------------------
+# Raw bodies kept on errors (for traces and diagnostics) are cut to this many characters,
+# after redaction, so a key cut in half at the boundary is still removed.
+MAX_STORED_BODY_CHARS = 500
+REDACTED = "[REDACTED]"
+# A run of this many characters of a key, found anywhere in a text, is redacted: providers'
+# 401 bodies often echo a key's prefix and suffix ("sk-abc1****wxyz").
+MIN_SECRET_FRAGMENT = 8

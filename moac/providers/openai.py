@@ -1,0 +1,396 @@
+"""An OpenAI-compatible chat-completions client: one retry loop, typed errors, attempt records.
+
+Contract of :meth:`OpenAICompatibleClient.chat`:
+
+- Returns a :class:`CallResult` or raises a :class:`~moac.providers.errors.ProviderError`
+  subclass whose ``.attempts`` lists every attempt and ``.gave_up`` says why it stopped.
+  ``asyncio.CancelledError`` is re-raised untouched (the attempt in flight is recorded as
+  ``cancelled`` through ``on_attempt``). This is the only retry loop: callers must not add
+  another.
+- Each attempt holds one of the provider's slots (:class:`~moac.providers.limits.ProviderLimiter`)
+  only while it runs; backoff sleeps hold none.
+- Each attempt is bounded by an ``aiohttp.ClientTimeout`` with every field set: ``total`` is the
+  provider's ``timeout_s`` (less if the deadline is nearer), ``connect`` and ``sock_connect``
+  its ``connect_timeout_s``, ``sock_read`` its ``read_timeout_s`` for streams (a stall).
+  A non-streamed answer sends nothing until it is complete, so there ``sock_read`` is the
+  total. An attempt cut short by the deadline fails with ``DeadlineExceeded``.
+- Streams are decoded from raw bytes (``response.content.iter_any()``) with
+  :class:`~moac.providers.sse.SSEDecoder`; ``on_delta`` gets each text delta as it arrives
+  (a non-streamed answer arrives as one delta). After a failed attempt that already produced
+  deltas, the next attempt's deltas start the answer over: ``on_attempt`` (called at the end
+  of every attempt, ok, failed or cancelled) tells the caller when that happens.
+- Token counts come from the provider's ``usage`` when it sends one, else are estimated
+  (:func:`moac.prompts.estimate_tokens`) and flagged. A failed attempt counts tokens only
+  once the provider accepted it (a 2xx): those can be billed; 4xx/5xx/timeouts before a
+  response count none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random as _random
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+from pydantic import SecretStr
+
+from moac.constants import (
+    DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S, DEFAULT_TIMEOUT_S, TOKENS_PER_MESSAGE,
+)
+from moac.prompts import estimate_tokens
+from moac.providers.constants import (
+    DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
+)
+from moac.providers.errors import (
+    ConnectionFailed, DeadlineExceeded, MalformedResponse, MissingApiKey, ProviderError,
+    ProviderTimeout, RateLimited, ServerError,
+)
+from moac.providers.limits import ProviderLimiter
+from moac.providers.parse import StreamState, Where, http_error, parse_completion
+from moac.providers.retry import RetryPolicy, decide
+from moac.providers.sse import LineTooLong, SSEDecoder
+from moac.spec import ProviderSpec, Sampling
+
+
+# aiohttp >= 3.10 says which timeout fired; before, both are a plain ServerTimeoutError.
+_SOCKET_TIMEOUT = getattr(aiohttp, "SocketTimeoutError", ())
+_CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat completion to ask for. ``model`` is the provider's model id; ``max_tokens``
+    overrides ``sampling.max_tokens`` (e.g. clamped by a budget); ``min_attempt_s``
+    overrides the policy's minimum time an attempt needs before the deadline."""
+
+    model: str
+    messages: Sequence[Mapping[str, Any]]
+    sampling: Sampling
+    max_tokens: int | None = None
+    stream: bool = True
+    min_attempt_s: float | None = None
+
+    def body(self) -> bytes:
+        payload: dict[str, Any] = {
+            "model": self.model, "messages": [dict(m) for m in self.messages],
+            "temperature": self.sampling.temperature,
+            "max_tokens": self.max_tokens if self.max_tokens is not None else self.sampling.max_tokens,
+        }
+        if self.sampling.top_p is not None:
+            payload["top_p"] = self.sampling.top_p
+        if self.sampling.seed is not None:
+            payload["seed"] = self.sampling.seed
+        if self.stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+        return json.dumps(payload, ensure_ascii=False).encode()
+
+    def estimated_prompt_tokens(self) -> int:
+        return sum(estimate_tokens(c if isinstance(c := m.get("content"), str) else json.dumps(c))
+                   + TOKENS_PER_MESSAGE for m in self.messages)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One HTTP attempt, as the trace records it (an allow-list: no header, body or key).
+    Times: ``started``/``ended`` on the client's monotonic clock, ``*_wall`` in epoch
+    seconds; ``ttft_s`` from the attempt's start to the first text (for a non-streamed
+    answer, to the whole body). ``status`` is ``failed`` with ``error_type`` the
+    :class:`ProviderError` subclass's name, or ``cancelled``."""
+
+    number: int
+    started: float
+    started_wall: float
+    ended: float = 0.0
+    ended_wall: float = 0.0
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_reported: bool = False
+    status: Literal["ok", "failed", "cancelled"] = "failed"
+    error_type: str | None = None
+    finish_reason: str | None = None
+    http_status: int | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    reported: bool  # False: at least one count was estimated
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    attempts: tuple[Attempt, ...] = field(default=())
+
+    @property
+    def truncated(self) -> bool:
+        """The answer hit ``max_tokens`` (``finish_reason == "length"``): a success, cut."""
+        return self.finish_reason == "length"
+
+
+def attempt_timeout(provider: ProviderSpec, *, stream: bool, left: float | None) -> aiohttp.ClientTimeout:
+    """Every field explicit: in aiohttp 3.x a bare ``ClientTimeout(sock_read=...)`` has no
+    total limit at all."""
+    total = provider.timeout_s if left is None else max(min(provider.timeout_s, left), 0.001)
+    connect = min(provider.connect_timeout_s, total)
+    sock_read = min(provider.read_timeout_s, total) if stream else total
+    return aiohttp.ClientTimeout(total=total, connect=connect, sock_connect=connect,
+                                 sock_read=sock_read, ceil_threshold=TIMEOUT_CEIL_THRESHOLD_S)
+
+
+class OpenAICompatibleClient:
+    """Calls ``POST {base_url}/chat/completions`` of one provider (see the module docstring).
+    ``clock`` is monotonic seconds, ``wall_clock`` epoch seconds (for HTTP-date
+    Retry-After and trace times), ``random()`` in [0, 1)."""
+
+    def __init__(self, session: aiohttp.ClientSession, provider: ProviderSpec,
+                 api_key: SecretStr | None, *, policy: RetryPolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                 random: Callable[[], float] = _random.random,
+                 limiter: ProviderLimiter | None = None) -> None:
+        if not provider.base_url:
+            raise ValueError(f"provider {provider.name!r} has no base_url")
+        self.provider = provider
+        self.policy = policy or RetryPolicy.for_provider(provider)
+        self.limiter = limiter or ProviderLimiter(provider.name, provider.parallel, provider.rpm,
+                                                  clock=clock, sleep=sleep)
+        self._session = session
+        self._url = provider.base_url.rstrip("/") + "/chat/completions"
+        self._clock, self._wall, self._sleep, self._random = clock, wall_clock, sleep, random
+        self._secrets = (api_key.get_secret_value(),) if api_key else ()
+        base = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if api_key:
+            base["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        self._headers = {True: {**base, "Accept": "text/event-stream"},
+                         False: {**base, "Accept": "application/json"}}
+
+    def __repr__(self) -> str:  # never the headers
+        return f"OpenAICompatibleClient(provider={self.provider.name!r}, url={self._url!r})"
+
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None,
+                   on_delta: Callable[[str], None] | None = None,
+                   on_attempt: Callable[[Attempt], None] | None = None) -> CallResult:
+        """Run ``request`` with retries until success, a final error or ``deadline``
+        (on ``clock``; None: none). See the module docstring for the contract."""
+        policy = self.policy if request.min_attempt_s is None else replace(
+            self.policy, min_attempt_s=request.min_attempt_s)
+        where = Where(self.provider.name, request.model, self._secrets)
+        body = request.body()
+        attempts: list[Attempt] = []
+        number = 0
+        while True:
+            number += 1
+            outcome: CallResult | ProviderError | None = self._too_late(deadline, policy, where, number)
+            if outcome is None:
+                try:
+                    async with self.limiter.slot(deadline):
+                        # Pacing or a cool-down may have used up the time.
+                        outcome = self._too_late(deadline, policy, where, number) or \
+                            await self._attempt(request, body, where, number, deadline,
+                                                on_delta, on_attempt, attempts)
+                except DeadlineExceeded as late:  # from the limiter: no attempt was made
+                    late.model = request.model
+                    outcome = late
+            if isinstance(outcome, CallResult):
+                self.limiter.record(True)
+                return outcome
+            error = outcome
+            if not isinstance(error, DeadlineExceeded):  # that one says nothing of the provider
+                self.limiter.record(False, overload=isinstance(
+                    error, (RateLimited, ServerError, ProviderTimeout)))
+            decision = decide(policy, number, error, now=self._clock(), deadline=deadline,
+                              random=self._random)
+            if not decision.retry:
+                error.attempts, error.gave_up = tuple(attempts), decision.reason
+                raise error
+            await self._sleep(decision.delay_s)
+
+    def _too_late(self, deadline: float | None, policy: RetryPolicy, where: Where,
+                  number: int) -> DeadlineExceeded | None:
+        if deadline is None or deadline - self._clock() >= policy.min_attempt_s:
+            return None
+        return DeadlineExceeded(f"less than {policy.min_attempt_s:.3g}s left before the "
+                                f"deadline: attempt {number} not started",
+                                provider=where.provider, model=where.model)
+
+    async def _attempt(self, request: ChatRequest, body: bytes, where: Where, number: int,
+                       deadline: float | None, on_delta, on_attempt,
+                       attempts: list[Attempt]) -> CallResult | ProviderError:
+        """One HTTP attempt. Returns the result or the error (never raises one, so no
+        aiohttp exception, which may carry request headers, rides along as a context)."""
+        start = self._clock()
+        record = Attempt(number, start, self._wall())
+        left = None if deadline is None else deadline - start
+        timeout = attempt_timeout(self.provider, stream=request.stream, left=left)
+        response: aiohttp.ClientResponse | None = None
+        state = StreamState(where)
+        outcome: CallResult | ProviderError | None = None
+        try:
+            response = await self._session.post(self._url, data=body, timeout=timeout,
+                                                headers=self._headers[request.stream])
+            record.http_status = response.status
+            if not 200 <= response.status < 300:
+                raw = await _read_some(response, MAX_ERROR_BODY_READ_BYTES)
+                outcome = http_error(response.status, response.headers,
+                                     raw.decode("utf-8", errors="replace"), where,
+                                     now_wall=self._wall())
+            elif request.stream and "json" not in response.content_type:
+                outcome = await self._read_stream(request, response, state, record, on_delta)
+            else:  # not streamed, or a server that answered a stream request with JSON
+                text, finish_reason, usage = parse_completion(await response.read(), where)
+                record.ttft_s = self._clock() - start
+                state.parts.append(text)
+                state.finish_reason, state.usage = finish_reason, usage
+                if on_delta is not None and text:
+                    on_delta(text)
+                outcome = self._result(request, state, record)
+        except ProviderError as error:
+            outcome = error
+        except asyncio.CancelledError:
+            record.status = "cancelled"
+            raise
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+            outcome = self._timeout(exc, timeout, where)
+        except LineTooLong as exc:
+            outcome = MalformedResponse(str(exc), what="non_json", **where.fields(status=200))
+        except aiohttp.ClientPayloadError as exc:
+            outcome = MalformedResponse(f"the response body was cut: {type(exc).__name__}: {exc}",
+                                        what="truncated", **where.fields(status=record.http_status))
+        except (aiohttp.ClientError, OSError) as exc:
+            outcome = ConnectionFailed(f"{type(exc).__name__}: {exc}", **where.fields())
+        finally:
+            if response is not None:
+                # Release (connection reused) only after a clean read; otherwise close.
+                response.release() if isinstance(outcome, CallResult) else response.close()
+            record.ended, record.ended_wall = self._clock(), self._wall()
+            if isinstance(outcome, CallResult):
+                record.status = "ok"
+            else:
+                if outcome is not None:
+                    record.error_type = outcome.kind
+                elif record.status != "cancelled" and sys.exc_info()[1] is not None:
+                    record.error_type = type(sys.exc_info()[1]).__name__  # a callback raised
+                if record.http_status is not None and 200 <= record.http_status < 300:
+                    self._count_tokens(request, state, record)
+            record.finish_reason = state.finish_reason
+            attempts.append(record)
+            if on_attempt is not None:
+                on_attempt(record)
+        if isinstance(outcome, CallResult):
+            outcome = replace(outcome, attempts=tuple(attempts))
+        return outcome
+
+    async def _read_stream(self, request: ChatRequest, response: aiohttp.ClientResponse,
+                           state: StreamState, record: Attempt, on_delta) -> CallResult:
+        decoder = SSEDecoder()
+        async for chunk in response.content.iter_any():
+            self._take(decoder.feed(chunk), state, record, on_delta)
+            if decoder.done:
+                break
+        else:
+            self._take(decoder.close(), state, record, on_delta)
+        state.finish(decoder.done)
+        return self._result(request, state, record)
+
+    def _take(self, events, state: StreamState, record: Attempt, on_delta) -> None:
+        for event in events:
+            delta = state.event(event.data)
+            if delta:
+                if record.ttft_s is None:
+                    record.ttft_s = self._clock() - record.started
+                if on_delta is not None:
+                    on_delta(delta)
+
+    def _result(self, request: ChatRequest, state: StreamState, record: Attempt) -> CallResult:
+        self._count_tokens(request, state, record)
+        usage = Usage(record.prompt_tokens, record.completion_tokens, record.tokens_reported)
+        return CallResult(state.text, state.finish_reason, usage)
+
+    def _count_tokens(self, request: ChatRequest, state: StreamState, record: Attempt) -> None:
+        usage = state.usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        reported = isinstance(prompt, int) and isinstance(completion, int)
+        if not isinstance(prompt, int):
+            prompt = request.estimated_prompt_tokens()
+        if not isinstance(completion, int):
+            completion = estimate_tokens(state.text)
+        record.prompt_tokens, record.completion_tokens = prompt, completion
+        record.tokens_reported = reported
+
+    def _timeout(self, exc: BaseException, timeout: aiohttp.ClientTimeout, where: Where) -> ProviderError:
+        if isinstance(exc, _SOCKET_TIMEOUT):
+            phase, limit = "stall", timeout.sock_read
+        elif isinstance(exc, _CONNECT_TIMEOUT):
+            phase, limit = "connect", timeout.connect
+        else:
+            phase, limit = "total", timeout.total
+        if limit == timeout.total:  # e.g. sock_read of a non-streamed answer
+            phase = "total"
+        if limit == timeout.total and timeout.total < self.provider.timeout_s:
+            return DeadlineExceeded(f"the deadline cut the attempt after {limit:.3g}s",
+                                    **where.fields())
+        words = {"stall": "no bytes for", "connect": "no connection within",
+                 "total": "no complete answer within"}
+        return ProviderTimeout(f"{words[phase]} {limit:.3g}s", phase=phase, **where.fields())
+
+
+async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body (an error page need not be read whole)."""
+    parts, size = [], 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def resolve_api_key(provider: ProviderSpec, environ: Mapping[str, str]) -> SecretStr | None:
+    """The provider's key from ``environ``; None when the provider names no variable.
+    Raises :class:`MissingApiKey` naming the variable (never a value) when it is unset or
+    empty. Call it for every provider before the first request: fail fast."""
+    if not provider.api_key_env:
+        return None
+    value = environ.get(provider.api_key_env, "").strip()
+    if not value:
+        raise MissingApiKey(provider.api_key_env, provider=provider.name)
+    return SecretStr(value)
+
+
+def make_session(providers: Iterable[ProviderSpec]) -> aiohttp.ClientSession:
+    """One session for a run. The connector's ``limit_per_host`` fits the sum of the
+    ``parallel`` caps of the providers behind each host, so the providers' semaphores, not
+    the pool, are what queue requests; ``limit`` is at least aiohttp's 100. Call it inside
+    a running event loop; close the session when the run ends."""
+    per_host: dict[tuple[str, int | None], int] = {}
+    for provider in providers:
+        if provider.base_url:
+            parts = urlsplit(provider.base_url)
+            key = (parts.hostname or "", parts.port)
+            per_host[key] = per_host.get(key, 0) + provider.parallel
+    limit_per_host = max(per_host.values(), default=DEFAULT_CONNECTION_LIMIT)
+    limit = max(DEFAULT_CONNECTION_LIMIT, sum(per_host.values()))
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host)
+    # Requests set their own timeouts; this one only bounds a request made without one.
+    timeout = aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT_S, connect=DEFAULT_CONNECT_TIMEOUT_S,
+                                    sock_connect=DEFAULT_CONNECT_TIMEOUT_S,
+                                    sock_read=DEFAULT_READ_TIMEOUT_S,
+                                    ceil_threshold=TIMEOUT_CEIL_THRESHOLD_S)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout)

@@ -1,0 +1,175 @@
+"""Reading OpenAI-compatible responses: error statuses, whole bodies and stream chunks.
+
+Contract: every function here either returns parsed values or raises a
+:class:`~moac.providers.errors.ProviderError` subclass built with the call's secrets, so
+nothing raw escapes unredacted. Exceptions are raised *outside* ``except`` blocks: a
+``json.JSONDecodeError`` keeps the whole body in ``.doc``, and an implicit ``__context__``
+would carry it along with our error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from moac.providers.errors import (
+    AuthError, BadRequest, ContentFiltered, ContextLengthExceeded, MalformedResponse,
+    ProviderError, RateLimited, ServerError, redact,
+)
+from moac.providers.retry import parse_retry_after, parse_should_retry
+
+# Phrases providers use for "prompt + max_tokens > context window" (OpenAI, vLLM, TGI,
+# Together, Anthropic-compatible gateways).
+_CONTEXT_LENGTH = re.compile(
+    r"(?i)context[_ ]length|maximum context|context window|prompt is too long|"
+    r"too many tokens|max_tokens.{0,40}(?:exceed|too large)|reduce the length")
+_BAD = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Who is being called, for building errors: names and the secrets to scrub."""
+    provider: str
+    model: str
+    secrets: tuple[str, ...] = ()
+
+    def fields(self, **more: Any) -> dict[str, Any]:
+        return dict(provider=self.provider, model=self.model, secrets=self.secrets, **more)
+
+    def detail(self, body: str) -> str:
+        """A body's error message for our own message: redacted *before* it is cut, so no
+        part of a key survives at the cut."""
+        return redact(error_message(body), self.secrets)[:300]
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON or the sentinel ``_BAD``; never raises (see the module docstring)."""
+    try:
+        return json.loads(text)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return _BAD
+
+
+def error_message(body: str) -> str:
+    """The human part of an error body: ``error.message`` when the body is JSON."""
+    obj = loads(body)
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, str):
+            return err
+    return body.strip().splitlines()[0] if body.strip() else ""
+
+
+def http_error(status: int, headers: Mapping[str, str], body: str, where: Where, *,
+               now_wall: float) -> ProviderError:
+    """The error a non-2xx response stands for (returned, for the caller to raise)."""
+    detail = where.detail(body) or f"HTTP {status}"
+    fields = where.fields(status=status, body=body,
+                          retry_after=parse_retry_after(headers, now_wall=now_wall),
+                          should_retry=parse_should_retry(headers))
+    if status in (401, 403):
+        return AuthError(f"authentication failed: {detail}", **fields)
+    if status == 429:
+        return RateLimited(f"rate limited: {detail}", **fields)
+    if status in (408, 409) or status >= 500:
+        return ServerError(f"server error: {detail}", **fields)
+    if 400 <= status < 500 and _CONTEXT_LENGTH.search(body):
+        return ContextLengthExceeded(f"context length exceeded: {detail}", **fields)
+    return BadRequest(f"request refused: {detail}", **fields)
+
+
+def _error_object(obj: Any) -> Any:
+    return obj.get("error") if isinstance(obj, dict) else None
+
+
+def parse_completion(body: bytes, where: Where) -> tuple[str, str | None, dict | None]:
+    """A non-streamed 200 body: ``(text, finish_reason, usage or None)``."""
+    obj = loads(body)
+    if obj is _BAD or not isinstance(obj, dict):
+        raise MalformedResponse("the response body is not a JSON object", what="non_json",
+                                **where.fields(status=200, body=body))
+    if _error_object(obj):
+        raise MalformedResponse(f"error inside a 200 response: {where.detail(body.decode('utf-8', 'replace'))}",
+                                what="error_object", **where.fields(status=200, body=body))
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedResponse("the response has no choices", what="no_choices",
+                                **where.fields(status=200, body=body))
+    choice = choices[0]
+    finish_reason = choice.get("finish_reason")
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content = message.get("content")
+    if finish_reason == "content_filter" or (content is None and message.get("refusal")):
+        raise ContentFiltered("the provider's content filter stopped the answer",
+                              **where.fields(status=200, body=body))
+    if not isinstance(content, str):
+        raise MalformedResponse("the response's message content is null", what="null_content",
+                                **where.fields(status=200, body=body))
+    usage = obj.get("usage")
+    return content, finish_reason, usage if isinstance(usage, dict) else None
+
+
+class StreamState:
+    """What a streamed answer has said so far. :meth:`event` takes one SSE data payload and
+    returns its text delta; :meth:`finish` checks how the stream ended."""
+
+    __slots__ = ("where", "parts", "finish_reason", "usage", "saw_content", "refusal")
+
+    def __init__(self, where: Where) -> None:
+        self.where = where
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.saw_content = False
+        self.refusal = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def event(self, data: str) -> str:
+        obj = loads(data)
+        if obj is _BAD or not isinstance(obj, dict):
+            raise MalformedResponse("a stream event is not a JSON object", what="non_json",
+                                    **self.where.fields(status=200, body=data))
+        if _error_object(obj):
+            raise MalformedResponse(f"error in the middle of the stream: {self.where.detail(data)}",
+                                    what="error_object", **self.where.fields(status=200, body=data))
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = obj.get("choices")
+        # The final usage chunk legitimately has `choices: []`.
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return ""
+        choice = choices[0]
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return ""
+        if delta.get("refusal"):
+            self.refusal = True
+        content = delta.get("content")
+        if isinstance(content, str):
+            self.saw_content = True
+            if content:
+                self.parts.append(content)
+                return content
+        return ""
+
+    def finish(self, saw_done: bool) -> None:
+        """Raise if the stream did not end as a complete answer."""
+        fields = self.where.fields(status=200)
+        if self.finish_reason == "content_filter" or (self.refusal and not self.parts):
+            raise ContentFiltered("the provider's content filter stopped the answer", **fields)
+        if not saw_done and self.finish_reason is None:
+            raise MalformedResponse("the stream ended with neither [DONE] nor a finish_reason",
+                                    what="truncated", **fields)
+        if not self.saw_content:
+            raise MalformedResponse("the stream's content was null throughout",
+                                    what="null_content", **fields)
