@@ -39,6 +39,13 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 2
 
+# --- running ---------------------------------------------------------------------------
+# A query with no latency budget still ends: one deadline around the whole DAG.
+DEFAULT_QUERY_DEADLINE_S = 600.0
+# Budget reservations multiply estimated prompt tokens by this, since the estimate counts
+# characters, not the provider's tokens.
+BUDGET_TOKEN_MARGIN = 1.25
+
 # --- the aggregate-and-synthesize prompt ---------------------------------------------
 # The slot that receives the earlier layer's answers, numbered "1. ...", "2. ...".
 RESPONSES_SLOT = "responses"
