@@ -1,0 +1,166 @@
+"""Per-call and total estimates of a plan: tokens, dollars, TFLOPs and latency.
+
+Contract: :func:`estimate` is a pure function of a :class:`~moac.ir.Plan`, a prompt length in
+tokens and a mode; it reads only the plan (its calls, models and providers).
+
+- **Tokens.** A call reads the prompt, its system prompt and, when it aggregates, the template
+  with the answers it is fed (:func:`moac.prompts.input_tokens`). It writes its model's typical
+  answer (``answer_tokens``) capped by its ``max_tokens`` in the *expected* mode, and exactly
+  ``max_tokens`` in the *worst* mode, where every answer it reads is at its cap as well.
+- **Dollars** from the per-million prices of input and output tokens.
+- **TFLOPs** = 2 x active parameters x (input + output tokens): parameters are held in
+  billions, so ``2 * active_params_b * tokens / 1000`` (1e9 / 1e12).
+- **Latency** along the critical path. A call takes ``ttft + input / prefill rate + output /
+  output rate``; a layer waits for its slowest call. Where a layer sends more calls to a
+  provider than its ``parallel`` limit, the calls queue: they are started in declaration order
+  on the first free slot (greedy list scheduling) and the layer waits for the last to end.
+  Layers run one after the other; the plan's latency is the sum of its layers'.
+- **Fallbacks.** In the expected mode a fallback never runs: it counts for nothing. In the
+  worst mode the aggregator writes its whole ``max_tokens`` and fails, then the fallback runs
+  on the same input: its dollars and TFLOPs are added, and its time follows the aggregator's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from moac.constants import ASSUMED_PROMPT_TOKENS
+from moac.prompts import input_tokens
+from moac.spec import BudgetSpec, ModelSpec, Sampling
+
+from planner.constants import FLOPS_PER_PARAM_TOKEN, TFLOPS_PER_BILLION_PARAM_TOKENS, USD_PER_M
+
+if TYPE_CHECKING:
+    from moac.ir import Plan
+
+Mode = Literal["expected", "worst"]
+
+
+@dataclass(frozen=True)
+class CallEstimate:
+    id: str
+    layer: str
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    usd: float
+    tflops: float
+    seconds: float
+    counted: bool  # False for a fallback in the expected mode
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mode: str
+    prompt_tokens: int
+    calls: tuple[CallEstimate, ...]
+    layer_seconds: tuple[tuple[str, float], ...]
+    usd: float
+    tflops: float
+    latency_s: float
+    input_tokens: int
+    output_tokens: int
+
+    def as_dict(self) -> dict:
+        """The totals, JSON-ready (what ``plan.annotations["planner"]`` stores)."""
+        return {"mode": self.mode, "prompt_tokens": self.prompt_tokens,
+                "usd": round(self.usd, 6), "latency_s": round(self.latency_s, 3),
+                "tflops": round(self.tflops, 3), "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens}
+
+
+def output_tokens(model: ModelSpec, sampling: Sampling, mode: Mode) -> int:
+    """Tokens a call writes: its model's typical answer capped by ``max_tokens``, or the cap."""
+    if mode == "worst":
+        return sampling.max_tokens
+    return min(model.answer_tokens, sampling.max_tokens)
+
+
+def call_cost(model: ModelSpec, tokens_in: int, tokens_out: int) -> tuple[float, float, float]:
+    """(dollars, TFLOPs, seconds) of one call of ``model``."""
+    usd = (tokens_in * model.usd_per_m_input + tokens_out * model.usd_per_m_output) * USD_PER_M
+    tflops = (FLOPS_PER_PARAM_TOKEN * model.active_params_b * (tokens_in + tokens_out)
+              * TFLOPS_PER_BILLION_PARAM_TOKENS)
+    seconds = (model.ttft_s + tokens_in / model.prefill_tokens_per_s
+               + tokens_out / model.output_tokens_per_s)
+    return usd, tflops, seconds
+
+
+def makespan(durations: list[float], parallel: int) -> float:
+    """When the last of ``durations`` ends, started in order on ``parallel`` slots."""
+    if len(durations) <= parallel:
+        return max(durations, default=0.0)
+    slots = [0.0] * max(parallel, 1)
+    for duration in durations:
+        first_free = min(range(len(slots)), key=slots.__getitem__)
+        slots[first_free] += duration
+    return max(slots)
+
+
+def estimate(plan: "Plan", prompt_tokens: int = ASSUMED_PROMPT_TOKENS,
+             mode: Mode | None = None) -> Estimate:
+    """Every call's tokens, dollars, TFLOPs and seconds, and the plan's totals.
+    ``mode`` defaults to the plan's budget mode."""
+    mode = mode or plan.budget.mode
+    written: dict[str, int] = {}
+    calls: list[CallEstimate] = []
+    layer_seconds: list[tuple[str, float]] = []
+    for layer in plan.layers:
+        by_provider: dict[str, list[float]] = {}
+        serial = 0.0  # a fallback's time, after the aggregator's (worst mode)
+        for node in layer.nodes:
+            call = plan.call(node)
+            model = plan.models[call.model]
+            answers = [written[u] for u in plan.inputs(node)]
+            tokens_in = input_tokens(prompt_tokens, system=call.system, template=call.prompt,
+                                     answers=answers)
+            tokens_out = output_tokens(model, call.sampling, mode)
+            written[node] = tokens_out
+            usd, tflops, seconds = call_cost(model, tokens_in, tokens_out)
+            counted = call.role != "fallback" or mode == "worst"
+            calls.append(CallEstimate(node, layer.name, call.model, call.provider, tokens_in,
+                                      tokens_out, usd, tflops, seconds, counted))
+            if call.role == "fallback":
+                serial += seconds if counted else 0.0
+            else:
+                by_provider.setdefault(call.provider, []).append(seconds)
+        slowest = max((makespan(times, plan.providers[name].parallel)
+                       for name, times in by_provider.items()), default=0.0)
+        layer_seconds.append((layer.name, slowest + serial))
+    counted_calls = [c for c in calls if c.counted]
+    return Estimate(
+        mode=mode, prompt_tokens=prompt_tokens, calls=tuple(calls),
+        layer_seconds=tuple(layer_seconds),
+        usd=sum(c.usd for c in counted_calls), tflops=sum(c.tflops for c in counted_calls),
+        latency_s=sum(seconds for _, seconds in layer_seconds),
+        input_tokens=sum(c.input_tokens for c in counted_calls),
+        output_tokens=sum(c.output_tokens for c in counted_calls))
+
+
+def violations(totals: Estimate, budget: BudgetSpec) -> list[str]:
+    """The bounds ``totals`` exceeds, each as ``"$0.061 > max_usd $0.050"``; empty if it fits."""
+    out = []
+    for value, bound, label in _bounds(totals, budget):
+        if bound is not None and value > bound * (1 + 1e-12):
+            out.append(f"{_format(value, label)} > {label} {_format(bound, label)}")
+    return out
+
+
+def fits(totals: Estimate, budget: BudgetSpec) -> bool:
+    return not violations(totals, budget)
+
+
+def _bounds(totals: Estimate, budget: BudgetSpec):
+    return ((totals.usd, budget.max_usd, "max_usd"),
+            (totals.latency_s, budget.max_latency_s, "max_latency"),
+            (totals.tflops, budget.max_tflops, "max_tflops"))
+
+
+def _format(value: float, label: str) -> str:
+    if label == "max_usd":
+        return f"${value:.4f}"
+    if label == "max_latency":
+        return f"{value:.1f}s"
+    return f"{value:,.0f} TFLOPs"

@@ -1,0 +1,202 @@
+"""The Pareto frontier of a plan's sub-plans: predicted quality against dollars, latency, TFLOPs.
+
+Contract: :func:`frontier` is a pure function of a plan, a prompt length, a mode and a quality
+model. Up to :data:`FRONTIER_MAX_SUBPLANS` sub-plans it enumerates every one (canonical
+subsets of each layer, with the aggregator and, where declared, the fallback in its place) and
+is exact; above that it runs the budgeted search at :data:`FRONTIER_SWEEP_POINTS` dollar
+budgets and keeps what it finds (``exact`` is False and the table says so).
+
+A point is on the frontier (``pareto``) when no other point is at least as good on quality
+and every cost and better on one. ``by_axis`` holds, per cost, the staircase of quality
+against that cost alone (each point better than every cheaper one): these are the tables
+:func:`table` prints and the lines :mod:`planner.plot` draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from moac.spec import BudgetSpec
+
+from planner import constants as k
+from planner.estimate import estimate
+from planner.quality import MoaQualityModel
+from planner.search import NothingFits, optimize
+from planner.subplan import Choice, describe, final_calls
+from planner.tables import final_agents, final_costs, layer_costs, layer_tables
+
+if TYPE_CHECKING:
+    from moac.ir import Plan
+
+AXES = (("usd", "cost"), ("latency_s", "latency"), ("tflops", "TFLOPs"))
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str
+    quality: float
+    usd: float
+    latency_s: float
+    tflops: float
+    choice: Choice | None = None
+
+    def costs(self) -> tuple[float, float, float]:
+        return (self.usd, self.latency_s, self.tflops)
+
+    def dominates(self, other: "Point") -> bool:
+        better = [self.quality >= other.quality - 1e-9] + [
+            a <= b + 1e-12 for a, b in zip(self.costs(), other.costs())]
+        strictly = [self.quality > other.quality + 1e-9] + [
+            a < b - 1e-12 for a, b in zip(self.costs(), other.costs())]
+        return all(better) and any(strictly)
+
+
+@dataclass(frozen=True)
+class Frontier:
+    pipeline: str
+    mode: str
+    prompt_tokens: int
+    subplans: int
+    exact: bool
+    pareto: tuple[Point, ...]
+    by_axis: dict[str, tuple[Point, ...]]
+
+
+def count_subplans(plan: "Plan") -> int:
+    tables = layer_tables(plan, 1, "expected", MoaQualityModel())
+    return math.prod(len(t.masks) for t in tables) * (2 if final_calls(plan)[1] else 1)
+
+
+def point_of(plan: "Plan", label: str, prompt_tokens: int, mode: str,
+             quality: MoaQualityModel) -> Point:
+    totals = estimate(plan, prompt_tokens, mode)
+    return Point(label, quality.predict(plan), totals.usd, totals.latency_s, totals.tflops)
+
+
+def frontier(plan: "Plan", prompt_tokens: int, mode: str = "expected",
+             quality: MoaQualityModel | None = None) -> Frontier:
+    quality = quality or MoaQualityModel()
+    total = count_subplans(plan)
+    if total <= k.FRONTIER_MAX_SUBPLANS:
+        points, exact = _enumerate(plan, prompt_tokens, mode, quality), True
+    else:
+        points, exact = _sweep(plan, prompt_tokens, mode, quality), False
+    pareto = pareto_points(points)
+    by_axis = {axis: staircase(pareto, axis) for axis, _ in AXES}
+    return Frontier(plan.pipeline, mode, prompt_tokens, total, exact, tuple(pareto), by_axis)
+
+
+def pareto_points(points: list[Point]) -> list[Point]:
+    """The points no other point dominates, best quality first (cheapest first on ties)."""
+    ordered = sorted(points, key=lambda p: (-p.quality, p.usd, p.latency_s, p.tflops,
+                                             _earlier_layers_first(p)))
+    kept: list[Point] = []
+    costs = np.empty((0, 3))
+    for p in ordered:
+        c = np.array(p.costs())
+        if len(kept) and np.any(np.all(costs <= c + 1e-12, axis=1)):
+            continue  # an earlier point is as good on quality and no costlier anywhere
+        kept.append(p)
+        costs = np.vstack([costs, c])
+    return kept
+
+
+def _earlier_layers_first(p: Point) -> tuple:
+    """Of equal plans, name the one keeping earlier layers ("propose[x]", not "refine[x]")."""
+    return tuple(not kept for kept in p.choice.keep) if p.choice else ()
+
+
+def staircase(points: list[Point], axis: str) -> tuple[Point, ...]:
+    out: list[Point] = []
+    for p in sorted(points, key=lambda p: (getattr(p, axis), -p.quality)):
+        if not out or p.quality > out[-1].quality + 1e-9:
+            out.append(p)
+    return tuple(out)
+
+
+def dominated_by(point: Point, front: Frontier) -> Point | None:
+    return next((p for p in front.pareto if p.dominates(point)), None)
+
+
+def _enumerate(plan, prompt_tokens, mode, quality) -> list[Point]:
+    tables = layer_tables(plan, prompt_tokens, mode, quality)
+    slope = quality.kappa * (1 - quality.alpha)
+    states = [(0.0, 0.0, False, 0.0, 0.0, 0.0, ())]  # potential, tokens, kept, usd, lat, tfl
+    for t in tables:
+        mean = t.prior_sum / np.maximum(t.count, 1)
+        first_e = quality.potential(mean, t.count, t.distinct)
+        next_e = quality.potential(quality.alpha * mean, t.count, t.distinct)
+        grown = []
+        for e, w, kept, usd, lat, tfl, rows in states:
+            u, f, s = layer_costs(t, w, first=not kept)
+            has = t.count > 0
+            new_e = np.where(has, next_e + slope * e if kept else first_e, e)
+            new_w = np.where(has, t.written, w)
+            for r in range(len(t.masks)):
+                grown.append((float(new_e[r]), float(new_w[r]), kept or bool(has[r]),
+                              usd + u[r], lat + s[r], tfl + f[r], rows + (r,)))
+        states = grown
+    options = [False] + ([True] if final_calls(plan)[1] is not None else [])
+    e, w, kept = (np.array([s[i] for s in states]) for i in range(3))
+    spent = [np.array([s[i] for s in states]) for i in (3, 4, 5)]
+    points = []
+    for use_fallback in options:
+        final, prior = final_agents(plan, use_fallback, prompt_tokens, mode, quality)
+        fu, ff, fs = final_costs(final, w, ~kept.astype(bool))
+        q = np.where(kept.astype(bool), quality.write(prior, e), prior)
+        usd, lat, tfl = spent[0] + fu, spent[1] + fs, spent[2] + ff
+        for i, state in enumerate(states):
+            keep = tuple(t.keep(r) for t, r in zip(tables, state[6]))
+            choice = Choice(keep, use_fallback)
+            points.append(Point(describe(plan, choice), float(q[i]), float(usd[i]),
+                                float(lat[i]), float(tfl[i]), choice))
+    return points
+
+
+def _sweep(plan, prompt_tokens, mode, quality) -> list[Point]:
+    from planner.subplan import build, full_choice
+    full = point_of(plan, describe(plan, full_choice(plan)), prompt_tokens, mode, quality)
+    points = [replace(full, choice=full_choice(plan))]
+    time_limit = max(0.05, k.SEARCH_TIME_LIMIT_S / k.FRONTIER_SWEEP_POINTS)
+    for share in np.geomspace(0.01, 1.0, k.FRONTIER_SWEEP_POINTS):
+        try:
+            found = optimize(plan, BudgetSpec(max_usd=full.usd * share, mode=mode),
+                             prompt_tokens=prompt_tokens, quality=quality,
+                             time_limit=time_limit)
+        except NothingFits:
+            continue
+        built = build(plan, found.choice)
+        points.append(replace(point_of(built, describe(plan, found.choice), prompt_tokens,
+                                       mode, quality), choice=found.choice))
+    return points
+
+
+def table(front: Frontier, named: list[Point] = ()) -> str:
+    """The frontier as text: one staircase per cost, then the named pipelines, each marked
+    on the frontier or dominated (and by what)."""
+    how = "every sub-plan enumerated" if front.exact else \
+        "approximate: swept with the budgeted search"
+    lines = [f"pipeline {front.pipeline}: {front.subplans:,} sub-plans ({how}), "
+             f"{len(front.pareto)} on the Pareto frontier; {front.mode} case, "
+             f"{front.prompt_tokens}-token prompt"]
+    header = f"  {'#':>3} {'quality':>7} {'cost':>9} {'latency':>8} {'TFLOPs':>8}  plan"
+    for axis, title in AXES:
+        lines += ["", f"quality against {title}", header]
+        for i, p in enumerate(front.by_axis[axis], 1):
+            lines.append(_row(str(i), p))
+    if named:
+        lines += ["", "named pipelines", header.replace("  plan", "  pipeline")]
+        for p in named:
+            by = dominated_by(p, front)
+            verdict = f"dominated by {by.label}" if by else "on the frontier"
+            lines.append(_row("", replace(p, label=f"{p.label}: {verdict}")))
+    return "\n".join(lines) + "\n"
+
+
+def _row(index: str, p: Point) -> str:
+    return (f"  {index:>3} {p.quality:7.1f} {'$' + format(p.usd, '.4f'):>9} "
+            f"{format(p.latency_s, '.1f') + 's':>8} {p.tflops:8,.0f}  {p.label}")

@@ -1,0 +1,46 @@
+"""The human report of a pruning, rendered from ``plan.annotations["planner"]`` alone.
+
+Contract: :func:`render` is a pure function of that annotation (so a plan JSON written
+yesterday renders the same report today); ``timing=False`` leaves out the one line that varies
+from run to run (how long the search took), for golden files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LIMITS = (("max_usd", "max_usd", lambda v: f"${v:.4f}"),
+           ("max_latency_s", "max_latency", lambda v: f"{v:g}s"),
+           ("max_tflops", "max_tflops", lambda v: f"{v:,.0f} TFLOPs"))
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    bounds = [f"{label} {fmt(budget[key])}" for key, label, fmt in _LIMITS
+              if budget.get(key) is not None]
+    return ", ".join(bounds) or "no bounds"
+
+
+def render(annotation: dict[str, Any], *, timing: bool = True) -> str:
+    a = annotation
+    lines = [f"pipeline {a['pipeline']}: budget {budget_text(a['budget'])} "
+             f"({a['budget']['mode']} case, {a['before']['prompt_tokens']}-token prompt)"]
+    lines.append(f"  {'':8}{'quality':>8}{'cost':>10}{'latency':>10}{'TFLOPs':>10}"
+                 f"{'calls':>7}")
+    for label in ("before", "after"):
+        t = a[label]
+        lines.append(f"  {label:8}{t['quality']:8.1f}{'$' + format(t['usd'], '.4f'):>10}"
+                     f"{format(t['latency_s'], '.1f') + 's':>10}{t['tflops']:10,.0f}"
+                     f"{t['calls']:7d}")
+    if a["before"]["over"]:
+        lines.append("  over budget as declared: " + "; ".join(a["before"]["over"]))
+    for drop in a["drops"]:
+        lines.append("  " + drop["text"])
+    for note in a["notes"]:
+        lines.append("  note: " + note)
+    search = a["search"]
+    method = f"  search: {search['method']}"
+    if timing and search.get("seconds"):
+        method += f", {search['seconds'] * 1000:.1f} ms"
+    lines.append(method)
+    lines.append(f"  plan: {a['plan']}")
+    return "\n".join(lines) + "\n"
