@@ -28,7 +28,8 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from moac import ast
-from moac.parser import parse, unquote
+from moac.parser import parse
+from moac.tree_to_ast import unquote
 
 WIDTH = 100
 STEP = "  "

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from moac import ast
 from moac.diagnostics import MoaSyntaxError
 from moac.fmt import WIDTH, format_module, format_source, string_literal
-from moac.parser import parse, scan_comments, unquote
+from moac.parser import parse, scan_comments
+from moac.tree_to_ast import unquote
 
 from strategies import modules
 
