@@ -77,7 +77,19 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--pipeline", "-p", metavar="NAME")
     compile_.add_argument("-o", "--output", metavar="PLAN.json",
                           help="write the plan here instead of standard output")
+    _add_budget_flags(compile_)
     compile_.set_defaults(handler=cmd_compile)
+
+    plan = commands.add_parser("plan", help="print the Pareto frontier of a pipeline's "
+                                            "sub-plans (quality against cost)")
+    plan.add_argument("file", metavar="FILE")
+    plan.add_argument("--pipeline", "-p", metavar="NAME")
+    plan.add_argument("--plot", metavar="OUT.svg", help="also draw the frontier as SVG")
+    plan.add_argument("--prompt-tokens", metavar="N",
+                      help="prompt length to estimate for (default: a typical prompt)")
+    plan.add_argument("--budget-mode", choices=("expected", "worst"),
+                      help="estimate the expected or the worst case (default: the file's)")
+    plan.set_defaults(handler=cmd_plan)
 
     graph = commands.add_parser("graph", help="draw a pipeline's DAG")
     graph.add_argument("file", metavar="FILE")
@@ -92,6 +104,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="change nothing; exit 1 if a file is not formatted")
     fmt.add_argument("--diff", action="store_true", help="print the changes, write nothing")
     fmt.set_defaults(handler=cmd_fmt)
+    _add_run_commands(commands)
     return parser
 
 
@@ -120,14 +133,49 @@ def cmd_compile(args) -> int:
     program = compile_file(_existing(args.file))
     selected = program.select(args.pipeline)
     if selected.__class__.__name__ == "RouteSpec":
+        if _budget_override(args) is not None:
+            raise UsageError(f"budget flags prune a pipeline; '{selected.name}' is a route "
+                             "(compile one of its candidates with --pipeline)")
         import json
         plans = program.route_plans(selected.name)
         text = json.dumps({"format": "moac-route", "route": selected.model_dump(mode="json"),
                            "candidates": {k: p.to_dict() for k, p in plans.items()}},
                           indent=2, ensure_ascii=False)
     else:
-        text = program.plan(selected.name).to_json()
+        override = _budget_override(args)
+        plan = program.plan(selected.name, override)
+        limits = plan.budget
+        bounded = (limits.max_usd, limits.max_latency_s, limits.max_tflops) != (None,) * 3
+        if bounded and not _fits(plan):  # a plan within its budget is written as declared
+            from planner import NothingFits, prune, render
+            try:
+                plan = prune(plan)
+            except NothingFits as error:
+                print(f"moac: error: {error}", file=sys.stderr)
+                return EXIT_PROBLEMS
+            print(render(plan.annotations["planner"]), end="", file=sys.stderr)
+        text = plan.to_json()
     _emit(text + "\n", args.output)
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from moac.compiler import compile_file
+    from moac.constants import ASSUMED_PROMPT_TOKENS
+    from planner import MoaQualityModel, frontier, frontier_table, point_of
+    tokens = ASSUMED_PROMPT_TOKENS if args.prompt_tokens is None else \
+        _count(args.prompt_tokens, "--prompt-tokens")
+    program = compile_file(_existing(args.file))
+    plan = program.plan(args.pipeline)
+    mode = args.budget_mode or plan.budget.mode
+    quality = MoaQualityModel()
+    front = frontier(plan, tokens, mode, quality)
+    named = [point_of(program.plan(name), name, tokens, mode, quality)
+             for name in program.pipelines]
+    sys.stdout.write(frontier_table(front, named))
+    if args.plot:
+        from planner.plot import svg
+        _emit(svg(front, named), args.plot)
     return EXIT_OK
 
 
@@ -177,7 +225,248 @@ def cmd_fmt(args) -> int:
     return EXIT_OK
 
 
+# --- run and trace (moac/run.py, moac/summarize.py) -------------------------------------
+
+
+def _add_run_commands(commands) -> None:
+    run_ = commands.add_parser("run", help="run a pipeline on a prompt or a file of prompts")
+    run_.add_argument("file", metavar="FILE")
+    run_.add_argument("--pipeline", "-p", metavar="NAME")
+    given = run_.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompt", metavar="TEXT",
+                       help="one prompt (- reads it from stdin); the answer streams to stdout")
+    given.add_argument("--prompts", metavar="FILE.jsonl",
+                       help="JSONL or a JSON array of items with 'instruction', 'prompt' or "
+                            "'turns'; answered in parallel, resumable")
+    run_.add_argument("--out", metavar="ANSWERS.jsonl",
+                      help="answers file (default for --prompts: PROMPTS.PIPELINE.answers.jsonl)")
+    run_.add_argument("--trace", metavar="TRACES.jsonl", help="append a trace of every call here")
+    run_.add_argument("--concurrency", type=int, metavar="N",
+                      help="queries in flight at once with --prompts (default 8)")
+    run_.add_argument("--max-usd-total", metavar="X",
+                      help="dollars for the whole run; no query starts once it is reached")
+    _add_budget_flags(run_)
+    run_.set_defaults(handler=cmd_run)
+
+    trace = commands.add_parser("trace", help="read traces written by moac run --trace")
+    trace.set_defaults(handler=lambda args: trace.print_help(sys.stderr) or EXIT_USAGE)
+    trace_commands = trace.add_subparsers(title="trace commands", metavar="COMMAND")
+    summarize = trace_commands.add_parser(
+        "summarize", help="cost, latency percentiles and failures per model and per layer")
+    summarize.add_argument("traces", nargs="+", metavar="TRACES.jsonl")
+    summarize.add_argument("--run", metavar="RUN_ID", help="only this run (default: all)")
+    summarize.set_defaults(handler=cmd_trace_summarize)
+
+
+def cmd_run(args) -> int:
+    """Budget flags reuse ``_add_budget_flags``/``_budget_override``; a plan over its budget
+    is pruned as ``moac compile`` prunes it, so that both run the same plan."""
+    import asyncio
+
+    from moac.compiler import compile_file
+    from moac.constants import DEFAULT_RUN_CONCURRENCY
+    from moac.providers.errors import MissingApiKey, ProviderError
+    from moac.run import RunError, Runner, default_answers_path, load_prompts
+    program = compile_file(_existing(args.file))
+    selected = program.select(args.pipeline)
+    if selected.__class__.__name__ == "RouteSpec":
+        raise UsageError(f"'{selected.name}' is a route; this version of moac runs "
+                         f"pipelines: choose one of {', '.join(selected.candidates)} "
+                         "with --pipeline")
+    concurrency = DEFAULT_RUN_CONCURRENCY if args.concurrency is None else args.concurrency
+    if concurrency < 1:
+        raise UsageError(f"--concurrency expects a positive whole number, got {concurrency}")
+    total = None
+    if args.max_usd_total is not None:
+        try:
+            total = _amount(args.max_usd_total, "--max-usd-total", prefix="$")
+        except UsageError:
+            raise UsageError("--max-usd-total expects a non-negative number like $5 or 5, "
+                             f"got '{args.max_usd_total}'") from None
+    plan = program.plan(selected.name, _budget_override(args))
+    limits = plan.budget
+    if (limits.max_usd, limits.max_latency_s, limits.max_tflops) != (None,) * 3 \
+            and not _fits(plan):
+        from planner import NothingFits, prune, render
+        try:
+            plan = prune(plan)
+        except NothingFits as error:
+            print(f"moac: error: {error}", file=sys.stderr)
+            return EXIT_PROBLEMS
+        print(render(plan.annotations["planner"]), end="", file=sys.stderr)
+    try:
+        items = None
+        if args.prompts is not None:
+            items = load_prompts(args.prompts)
+        elif args.prompt == "-":
+            args.prompt = sys.stdin.read()
+        if items is None and not args.prompt.strip():
+            raise UsageError("--prompt is empty")
+        runner = Runner(plan, trace_path=args.trace, source_file=args.file,
+                        max_usd_total=total)  # reads the API keys: fails before any call
+        if items is None:
+            return asyncio.run(_run_prompt(runner, args.prompt, args.out))
+        out = args.out or default_answers_path(args.prompts, plan.pipeline)
+        return asyncio.run(_run_prompts(runner, items, out, concurrency))
+    except MissingApiKey as error:
+        print(f"moac: error: {error.message}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except (RunError, ProviderError) as error:
+        print(f"moac: error: {error}", file=sys.stderr)
+        return EXIT_PROBLEMS
+
+
+class _Stdout:
+    """Streams the answer to stdout; a reader that leaves (a closed pipe) stops the
+    streaming, not the run. After a restart, the answer starts again on a fresh line."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.column = 0  # characters since the last newline
+        try:
+            sys.stdout.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
+
+    def write(self, text: str) -> None:
+        if self.broken or not text:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            self.broken = True
+            try:  # no "Exception ignored ... BrokenPipeError" when Python exits
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            return
+        newline = text.rfind("\n")
+        self.column = len(text) - newline - 1 if newline >= 0 else self.column + len(text)
+
+    def restart(self, node: str, reason: str) -> None:
+        if self.column:
+            self.write("\n")
+        print(f"moac: {node}: {reason}; the answer starts over", file=sys.stderr, flush=True)
+
+
+async def _run_prompt(runner, prompt: str, out: str | None) -> int:
+    from moac.run import PromptItem, summary_line
+    stdout = _Stdout()
+    try:
+        async with runner:
+            result = await runner.run(prompt, on_delta=stdout.write, on_restart=stdout.restart)
+            if out:
+                item = PromptItem("0", (prompt,), "prompt", {"prompt": prompt})
+                with open(out, "ab") as handle:
+                    handle.write(runner.answer_line(item, result.status, [result]))
+    finally:  # the answer ends its line, even when interrupted
+        if stdout.column:
+            stdout.write("\n")
+    for error in result.errors:
+        print(f"moac: error: {error}", file=sys.stderr)
+    print(summary_line(result), file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_PROBLEMS
+
+
+async def _run_prompts(runner, items, out: str, concurrency: int) -> int:
+    import time
+
+    from moac.run import stderr_progress
+    start = time.monotonic()
+    async with runner:
+        state = await runner.run_batch(items, out, concurrency=concurrency,
+                                       progress=stderr_progress())
+    if state.before:
+        print(f"moac: {state.before} of {len(items)} already answered in {out}",
+              file=sys.stderr)
+    if state.stopped:
+        print(f"moac: stopped: {state.stopped}; {state.not_run} not run (run again to "
+              "resume)", file=sys.stderr)
+    print(f"moac: {state.ok} answered, {state.failed} failed · ${state.cost_usd:.4f} · "
+          f"{time.monotonic() - start:.1f}s · answers in {out}", file=sys.stderr)
+    return EXIT_OK if state.failed == 0 and state.not_run == 0 else EXIT_PROBLEMS
+
+
+def cmd_trace_summarize(args) -> int:
+    from moac.summarize import render_summary, summarize_files
+    sys.stdout.write(render_summary(summarize_files([_existing(p) for p in args.traces],
+                                                    run_id=args.run)))
+    return EXIT_OK
+
+
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("budget (overrides the file's; prunes the pipeline)")
+    group.add_argument("--max-usd", metavar="X", help="dollars per query: $0.05 or 0.05")
+    group.add_argument("--max-latency", metavar="S", help="seconds per query: 30s, 500ms, 30")
+    group.add_argument("--max-tflops", metavar="T", help="TFLOPs per query: 5000")
+    group.add_argument("--budget-mode", choices=("expected", "worst"),
+                       help="bound the expected case or the worst (every answer at max_tokens)")
+
+
+def _fits(plan) -> bool:
+    from planner import estimate, fits
+    return fits(estimate(plan), plan.budget)
+
+
+def _budget_override(args):
+    """The flags that were given, as a BudgetSpec that sets only those (for merging)."""
+    from moac.spec import BudgetSpec
+    values = {}
+    if args.max_usd is not None:
+        values["max_usd"] = _amount(args.max_usd, "--max-usd", prefix="$")
+    if args.max_latency is not None:
+        values["max_latency_s"] = _seconds(args.max_latency)
+    if args.max_tflops is not None:
+        values["max_tflops"] = _amount(args.max_tflops, "--max-tflops", suffix="tflops")
+    if args.budget_mode is not None:
+        values["mode"] = args.budget_mode
+    return BudgetSpec(**values) if values else None
+
+
+def _amount(text: str, flag: str, prefix: str = "", suffix: str = "") -> float:
+    raw = text.strip().lower()
+    if prefix and raw.startswith(prefix):
+        raw = raw[len(prefix):]
+    if suffix and raw.endswith(suffix):
+        raw = raw[:-len(suffix)]
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        example = {"--max-usd": "$0.05", "--max-tflops": "5000"}.get(flag, "30")
+        raise UsageError(f"{flag} expects a non-negative number like {example}, got '{text}'")
+    return value
+
+
+def _seconds(text: str) -> float:
+    raw = text.strip().lower()
+    scale = 1.0
+    if raw.endswith("ms"):
+        raw, scale = raw[:-2], 0.001
+    elif raw.endswith("s"):
+        raw = raw[:-1]
+    try:
+        value = float(raw.strip()) * scale
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise UsageError(f"--max-latency expects a duration like 30s, 500ms or 30, got '{text}'")
+    return value
+
+
+def _count(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise UsageError(f"{flag} expects a positive whole number of tokens, got '{text}'")
+    return value
 
 
 def _existing(path: str) -> str:

@@ -64,3 +64,11 @@ DEFAULT_AGGREGATE_PROMPT = (
 
 # --- plans ---------------------------------------------------------------------------
 PLAN_FORMAT_VERSION = 1
+
+# --- running (executor) ----------------------------------------------------------------------
+# The client's attempts end at the query's deadline on their own; past it by this much,
+# whatever is still in flight is cancelled (aiohttp rounds timeouts of 5 s or more up to a
+# whole second, so an attempt can otherwise overrun by up to a second).
+DEADLINE_GRACE_S = 0.05
+# `moac run --prompts`: queries in flight at once, unless --concurrency says otherwise.
+DEFAULT_RUN_CONCURRENCY = 8

@@ -1,0 +1,760 @@
+"""Run a lowered plan on one query: stage by stage, the agents of a stage concurrently.
+
+Contract of :meth:`Executor.run`:
+
+- **Order.** Every agent of stage ``i + 1`` receives the query plus the answers of the agents
+  of stage ``i`` that succeeded, numbered in the plan's input order (declaration order), never
+  completion order, through its aggregate-and-synthesize template, as the system message.
+- **Quorum.** A failed agent does not fail its stage while the stage's ``min_ok`` holds. Once
+  it can no longer hold, the stage's calls still in flight are cancelled and the query fails
+  with every error named (each failed call, and each call skipped by the budget or deadline).
+- **Fallback.** An aggregator that fails (or is skipped) hands over to the declared fallback.
+- **Deadline.** One per query: ``budget.max_latency_s`` (else
+  :data:`~moac.constants.DEFAULT_QUERY_DEADLINE_S`). The client's retry loop reads it (no
+  attempt starts that cannot finish, no backoff sleeps past it); past it, plus
+  :data:`~moac.constants.DEADLINE_GRACE_S`, whatever is still in flight is cancelled.
+- **Budget.** Before a call starts, what the query has spent, plus the worst case of its
+  calls in flight, plus this call's worst case, must stay within ``max_usd`` (and
+  ``max_tflops``); otherwise the call does not start and the trace says why. A call's worst
+  case is one attempt: the tokens it reads (the answers fed in as their providers counted
+  them, the rest estimated from characters) times :data:`~moac.constants.BUDGET_TOKEN_MARGIN`,
+  plus ``max_tokens`` out. An attempt's hold is settled with its real cost when it ends; a
+  retry holds its worst case again before it starts and is not made when that fails (see
+  :func:`retry_sleep`): holding every attempt up front would triple every hold (two retries by
+  default) and stop calls that would fit.
+- **Run budget.** With a run ledger (``--max-usd-total``) a query is admitted only if the run
+  can hold the query's whole worst case (:meth:`Executor.worst_case_usd`), so no query starts
+  that the run could not finish paying for; its calls are checked against the run as well,
+  beyond that admission. Holds are synchronous on one event loop, so concurrent queries cannot
+  both pass a check that only one fits.
+- **Outcomes, not exceptions.** Expected provider errors never escape: a call ends ``ok``,
+  ``failed``, ``cancelled`` or ``skipped``. ``asyncio.CancelledError`` from outside (Ctrl-C)
+  propagates after the calls in flight are cancelled and their attempts written.
+- **Trace.** Every attempt of every call is one line, written when it ends (a failed attempt
+  followed by the call's final error carries that error's redacted message); a call or retry
+  that never started is one ``skipped`` line with its reason; then one line for the query.
+
+Streaming: ``on_delta`` receives the final stage's text as it arrives. When an attempt that
+already streamed text fails, ``on_restart(node, reason)`` is called at once: what was streamed
+is void and the answer starts over (from the retry or the fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from moac.constants import (
+    BUDGET_TOKEN_MARGIN, DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S, TOKENS_PER_MESSAGE,
+)
+from moac.ir import CallNode, LayerInfo, Plan
+from moac.prompts import estimate_tokens, input_tokens, render_template
+from moac.providers.errors import MalformedResponse, ProviderError
+from moac.providers.openai import Attempt, CallResult, ChatRequest
+from moac.spec import BudgetSpec, ModelSpec
+from moac.trace import CallRecord, QueryRecord, SkippedNode, TraceWriter
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+class ChatClient(Protocol):
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None,
+                   on_delta: Callable[[str], None] | None = None,
+                   on_attempt: Callable[[Attempt], None] | None = None) -> CallResult: ...
+
+
+def attempt_cost(model: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * model.usd_per_m_input
+            + completion_tokens * model.usd_per_m_output) / 1_000_000
+
+
+def attempt_tflops(model: ModelSpec, tokens: int) -> float:
+    # 2 FLOPs per active parameter per token; parameters are in billions: 1e9 / 1e12.
+    return 2 * model.active_params_b * tokens / 1000
+
+
+class BudgetStop(ProviderError):
+    """A retry that the budget has no room for (raised by :func:`retry_sleep`)."""
+
+
+# --- budget ----------------------------------------------------------------------------------
+
+
+class BudgetLedger:
+    """Dollars (and TFLOPs) spent and held against limits.
+
+    A query's ledger may sit inside its run's (``parent``). The run holds, for each query,
+    ``max(prepaid, spent + held) - spent``: what the query was admitted with (its worst case,
+    :meth:`admit`) until its own spending and holds outgrow that. So a call inside its
+    query's admission needs nothing more from the run, and a call past it (a retry, or a
+    prompt denser than forecast) is checked against the run as well. Everything here is
+    synchronous: on one event loop a check-then-hold cannot interleave with another's."""
+
+    def __init__(self, max_usd: float | None = None, max_tflops: float | None = None, *,
+                 parent: "BudgetLedger | None" = None, name: str = "query",
+                 label: str = "max_usd"):
+        self.max_usd = max_usd
+        self.max_tflops = max_tflops
+        self.parent = parent
+        self.name = name
+        self.label = label
+        self.spent_usd = self.reserved_usd = 0.0
+        self.spent_tflops = self.reserved_tflops = 0.0
+        self.prepaid = 0.0
+        self.refused = 0  # holds refused so far (a run counts its queries' refusals too)
+        self._parent_hold = 0.0
+        self._parent_spent = 0.0
+
+    def headroom_usd(self) -> float:
+        own = float("inf") if self.max_usd is None else \
+            self.max_usd - self.spent_usd - self.reserved_usd
+        return min(own, self.parent.headroom_usd()) if self.parent else own
+
+    def reserve(self, usd: float, tflops: float = 0.0) -> str | None:
+        """Hold ``usd``/``tflops`` and return None, or hold nothing and say why not."""
+        why = self._refusal(usd, tflops)
+        if why is None and self.parent is not None:
+            extra = self._hold_at_parent(self.reserved_usd + usd) - self._parent_hold
+            why = self.parent._refusal(extra, 0.0)
+            if why is not None:
+                self.parent.refused += 1
+        if why is not None:
+            self.refused += 1
+            return why
+        self.reserved_usd += usd
+        self.reserved_tflops += tflops
+        self._sync()
+        return None
+
+    def settle(self, held_usd: float, held_tflops: float, spent_usd: float,
+               spent_tflops: float) -> None:
+        """Release a hold and book what was really spent."""
+        self.reserved_usd -= held_usd
+        self.reserved_tflops -= held_tflops
+        self.spent_usd += spent_usd
+        self.spent_tflops += spent_tflops
+        self._sync()
+
+    def admit(self, usd: float) -> str | None:
+        """Have the parent hold ``usd`` (a query's worst case) up front, or say why not."""
+        if self.parent is None:
+            return None
+        usd = min(usd, self.max_usd) if self.max_usd is not None else usd
+        why = self.parent._refusal(usd - self._parent_hold, 0.0, what="this query's")
+        if why is not None:
+            self.parent.refused += 1
+            return why
+        self.prepaid = usd
+        self._sync()
+        return None
+
+    def close(self) -> None:
+        """The query is over: the parent stops holding anything for it."""
+        self.prepaid = 0.0
+        self._sync()
+
+    def _hold_at_parent(self, reserved: float) -> float:
+        return max(self.prepaid, self.spent_usd + reserved) - self.spent_usd
+
+    def _sync(self) -> None:
+        if self.parent is None:
+            return
+        hold = self._hold_at_parent(self.reserved_usd)
+        self.parent._book(hold - self._parent_hold, self.spent_usd - self._parent_spent)
+        self._parent_hold, self._parent_spent = hold, self.spent_usd
+
+    def _book(self, held: float, spent: float) -> None:
+        self.reserved_usd += held
+        self.spent_usd += spent
+        if self.parent is not None:
+            self._sync()
+
+    def _refusal(self, usd: float, tflops: float, what: str = "its") -> str | None:
+        if self.max_usd is not None and \
+                self.spent_usd + self.reserved_usd + usd > self.max_usd * (1 + 1e-9):
+            return (f"budget: {what} worst case ${usd:.4f} would take the {self.name} past "
+                    f"its {self.label} ${self.max_usd:.4f} (${self.spent_usd:.4f} spent, "
+                    f"${self.reserved_usd:.4f} held for calls in flight)")
+        if self.max_tflops is not None and \
+                self.spent_tflops + self.reserved_tflops + tflops > self.max_tflops * (1 + 1e-9):
+            return (f"budget: {what} worst case {tflops:,.1f} TFLOPs would take the "
+                    f"{self.name} past its max_tflops {self.max_tflops:,.1f} "
+                    f"({self.spent_tflops:,.1f} spent, {self.reserved_tflops:,.1f} held for "
+                    "calls in flight)")
+        return None
+
+
+class BudgetRefused(Exception):
+    """The run's ledger cannot admit a query's worst case (raised by :meth:`Executor.run`
+    with ``admission="raise"``)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+# --- retries under the budget ------------------------------------------------------------------
+
+_CURRENT_CALL: contextvars.ContextVar["_Call | None"] = contextvars.ContextVar(
+    "moac_current_call", default=None)
+
+
+async def retry_sleep(seconds: float) -> None:
+    """The backoff sleep to give :class:`~moac.providers.openai.OpenAICompatibleClient`
+    (``sleep=retry_sleep``, with a limiter of its own so pacing does not come here): the
+    client calls it only between a failed attempt and its retry. Before sleeping it writes
+    the failed attempt's trace line; after, it re-reserves the retry's worst case, and
+    raises :class:`BudgetStop` (ending the call) when the budget has no room for it."""
+    call = _CURRENT_CALL.get()
+    if call is not None:
+        call.flush_pending()
+    await asyncio.sleep(seconds)
+    if call is not None:
+        call.reserve_retry()
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class CallOutcome:
+    node: str
+    status: str  # ok | failed | cancelled | skipped
+    text: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tflops: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
+    finish_reason: str | None = None
+    answer_tokens: int | None = None  # the answer's length as its provider reported it
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class QueryFailed(Exception):
+    """Raised by :meth:`QueryResult.raise_for_status`: every error of a failed query."""
+
+    def __init__(self, query_id: str, errors: list[str]):
+        self.query_id = query_id
+        self.errors = errors
+        super().__init__(f"query {query_id} failed: " + "; ".join(errors))
+
+
+@dataclass
+class QueryResult:
+    query_id: str
+    status: str  # ok | failed | cancelled
+    answer: str | None
+    answered_by: str | None
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    tflops: float
+    latency_s: float
+    critical_path: list[str]
+    critical_path_s: float
+    calls: list[CallOutcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: list[SkippedNode] = field(default_factory=list)
+    estimate: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for call in self.calls if call.status in ("failed", "cancelled"))
+
+    @property
+    def attempts(self) -> int:
+        return sum(call.attempts for call in self.calls)
+
+    @property
+    def started_calls(self) -> int:
+        return sum(1 for call in self.calls if call.status != "skipped")
+
+    def raise_for_status(self) -> "QueryResult":
+        if not self.ok:
+            raise QueryFailed(self.query_id, self.errors)
+        return self
+
+
+# --- the executor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Node:
+    """What a call needs, looked up once per plan rather than once per query."""
+    call: CallNode
+    model: ModelSpec
+    inputs: tuple[str, ...]
+    final: bool
+
+
+class Executor:
+    """Runs one plan, for every query of a run (see the module docstring). ``clients`` maps
+    provider names to clients; give them ``sleep=retry_sleep`` (as
+    :class:`moac.run.Runner` does) for retries to be budgeted."""
+
+    def __init__(self, plan: Plan, clients: Mapping[str, ChatClient], *,
+                 trace: TraceWriter | None = None, run_id: str | None = None,
+                 budget: BudgetSpec | None = None, run_ledger: BudgetLedger | None = None,
+                 estimates: bool = True,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time):
+        missing = sorted(set(plan.providers) - set(clients))
+        if missing:
+            raise ValueError(f"no client for provider(s) {', '.join(missing)}")
+        self.plan = plan
+        self.clients = clients
+        self.trace = trace
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.budget = budget or plan.budget
+        self.run_ledger = run_ledger
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.stages: list[LayerInfo] = list(plan.layers)
+        final = set(self.stages[-1].nodes)
+        self.nodes = {n: _Node(plan.call(n), plan.models[plan.call(n).model],
+                               tuple(plan.inputs(n)), n in final)
+                      for layer in self.stages for n in layer.nodes}
+        self._estimate = _planner_estimate() if estimates else None
+        self._estimates: dict[int, dict[str, Any] | None] = {}
+
+    def estimate_for(self, prompt_tokens: int) -> dict[str, Any] | None:
+        """The planner's expected-case totals for a prompt this long (cached)."""
+        if self._estimate is None:
+            return None
+        if prompt_tokens not in self._estimates:
+            try:
+                self._estimates[prompt_tokens] = self._estimate(self.plan, prompt_tokens,
+                                                                "expected").as_dict()
+            except Exception:  # noqa: BLE001 - an estimate must never fail a query
+                self._estimates[prompt_tokens] = None
+        return self._estimates[prompt_tokens]
+
+    def worst_case_usd(self, history: Messages) -> float:
+        """A query's dollars if every call writes its ``max_tokens`` (the fallback too,
+        after its aggregator wrote all of its own and failed), prompts counted with the
+        :data:`~moac.constants.BUDGET_TOKEN_MARGIN`, one attempt per call: what a run
+        admits a query with."""
+        prompt = _history_tokens(history)
+        written: dict[str, int] = {}
+        total = 0.0
+        for node_id, node in self.nodes.items():
+            call = node.call
+            reading = input_tokens(prompt, system=call.system, template=call.prompt,
+                                   answers=[written[u] for u in node.inputs])
+            written[node_id] = call.sampling.max_tokens
+            total += attempt_cost(node.model, int(reading * BUDGET_TOKEN_MARGIN) + 1,
+                                  call.sampling.max_tokens)
+        return total
+
+    async def run(self, prompt: str | Messages, *, query_id: str = "q0",
+                  on_delta: Callable[[str], None] | None = None,
+                  on_restart: Callable[[str, str], None] | None = None,
+                  admission: str = "fail") -> QueryResult:
+        """Answer ``prompt`` (a string, or a conversation ending with the user's turn).
+        With a run ledger, the query starts only if the run can hold its worst case
+        (:meth:`worst_case_usd`); if not, it fails at once (``admission="fail"``) or
+        :class:`BudgetRefused` is raised (``"raise"``, for a batch that waits and retries)."""
+        history = [{"role": "user", "content": prompt}] if isinstance(prompt, str) \
+            else [dict(m) for m in prompt]
+        query = _Query(self, query_id, history, on_delta, on_restart)
+        if self.run_ledger is not None:
+            why = query.ledger.admit(self.worst_case_usd(history))
+            if why is not None:
+                if admission == "raise":
+                    raise BudgetRefused(why)
+                query.causes.append(f"not started: {why}")
+                return query.finish(None, None, failure="the run's budget is spent")
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(max(query.deadline - self.clock(), 0.0) + DEADLINE_GRACE_S,
+                                query.expire)
+        try:
+            return await query.execute()
+        except asyncio.CancelledError:
+            query.finish(None, None, status="cancelled")
+            raise
+        finally:
+            timer.cancel()
+
+
+def _history_tokens(history: Messages) -> int:
+    return sum(estimate_tokens(c if isinstance(c := m.get("content"), str) else str(c))
+               + TOKENS_PER_MESSAGE for m in history)
+
+
+def _planner_estimate():
+    try:
+        from planner.estimate import estimate
+    except ImportError:  # the planner is optional at run time
+        return None
+    return estimate
+
+
+class _Query:
+    """One query: its deadline, ledger, calls in flight and trace lines."""
+
+    def __init__(self, executor: Executor, query_id: str, history: list[dict],
+                 on_delta, on_restart):
+        self.x = executor
+        self.query_id = query_id
+        self.history = history
+        self.on_delta = on_delta
+        self.on_restart = on_restart
+        self.start = executor.clock()
+        self.started_at = executor.wall_clock()
+        budget = executor.budget
+        self.limit_s = budget.max_latency_s or DEFAULT_QUERY_DEADLINE_S
+        self.deadline = self.start + self.limit_s
+        self.ledger = BudgetLedger(budget.max_usd, budget.max_tflops,
+                                   parent=executor.run_ledger)
+        self.outcomes: dict[str, CallOutcome] = {}
+        self.skipped: list[SkippedNode] = []
+        self.causes: list[str] = []  # skips that explain a failure (budget, deadline)
+        self.tasks: dict[asyncio.Task, str] = {}
+        self.cancel_reasons: dict[asyncio.Task, str] = {}
+        self.expired = False
+        self.finished = False
+
+    # --- the DAG ---------------------------------------------------------------------------
+
+    async def execute(self) -> QueryResult:
+        stages = self.x.stages
+        failure = None
+        path: list[str] = []
+        for index, layer in enumerate(stages[:-1]):
+            outcomes = await self.stage(layer)
+            ran = [o for o in outcomes if o.status != "skipped"]
+            if ran:
+                path.append(max(ran, key=lambda o: o.ended).node)
+            ok = sum(1 for o in outcomes if o.ok)
+            if ok < layer.min_ok:
+                counts = Counter(o.status for o in outcomes if not o.ok)
+                how = ", ".join(f"{counts[s]} {s}" for s in ("failed", "cancelled", "skipped")
+                                if counts[s])
+                failure = (f"layer {layer.name}: {ok} of {len(outcomes)} agents answered "
+                           f"({how}), below its quorum of {layer.min_ok}")
+                if self.expired:
+                    failure = f"deadline: the query's {self.limit_s:g}s ran out; " + failure
+                for later in stages[index + 1:]:
+                    for node in later.nodes:
+                        if self.x.nodes[node].call.role != "fallback":
+                            self.skip(node, f"not run: {failure}", cause=False)
+                break
+        answer = answered_by = None
+        if failure is None:
+            for node in stages[-1].nodes:
+                if self.expired:
+                    self.skip(node, f"deadline: the query's {self.limit_s:g}s ran out")
+                    continue
+                outcome = await self.spawn(node)
+                if outcome.status != "skipped":
+                    path.append(node)
+                if outcome.ok:
+                    answer, answered_by = outcome.text, node
+                    break
+            if answer is None:
+                final = stages[-1].nodes
+                failure = "the aggregator failed" + (" and so did its fallback"
+                                                     if len(final) > 1 else "")
+        return self.finish(answer, answered_by, failure=failure, path=path)
+
+    async def stage(self, layer: LayerInfo) -> list[CallOutcome]:
+        tasks = [self.start_task(node) for node in layer.nodes]
+        can_fail = len(tasks) - layer.min_ok
+        failed = 0
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failed += sum(1 for task in done if not task.result().ok)
+                if failed > can_fail and pending:
+                    reason = (f"layer {layer.name} can no longer reach its quorum of "
+                              f"{layer.min_ok}")
+                    for task in pending:
+                        self.cancel(task, reason)
+                    await asyncio.wait(pending)
+                    break
+        finally:
+            left = [task for task in tasks if not task.done()]
+            for task in left:  # we are being cancelled: take the calls down with us
+                task.cancel()
+            if left:
+                await asyncio.wait(left)
+        return [task.result() for task in tasks]
+
+    def start_task(self, node: str) -> asyncio.Task:
+        task = asyncio.ensure_future(self.guarded(node))
+        self.tasks[task] = node
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self.tasks.pop(task, None)
+
+    async def spawn(self, node: str) -> CallOutcome:
+        """Run one call in a task of its own (so that the deadline can cancel it)."""
+        task = self.start_task(node)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.wait([task])
+            raise
+
+    def cancel(self, task: asyncio.Task, reason: str) -> None:
+        if not task.done():
+            self.cancel_reasons[task] = reason
+            task.cancel(reason)
+
+    def expire(self) -> None:
+        """The deadline (plus grace) passed: cancel whatever is in flight."""
+        self.expired = True
+        for task in list(self.tasks):
+            self.cancel(task, f"deadline: the query's {self.limit_s:g}s ran out")
+
+    async def guarded(self, node: str) -> CallOutcome:
+        call = _Call(self, self.x.nodes[node])
+        try:
+            return await call.run()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            reason = self.cancel_reasons.pop(task, None)
+            outcome = call.cancelled(reason or "interrupted")
+            if reason is None:
+                raise
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()  # cancelled on purpose: an outcome, not an exception
+            return outcome
+
+    # --- records ---------------------------------------------------------------------------
+
+    def skip(self, node: str, reason: str, *, cause: bool = True) -> CallOutcome:
+        info = self.x.nodes[node]
+        self.skipped.append(SkippedNode(node=node, reason=reason))
+        if cause:
+            self.causes.append(f"{node}: skipped: {reason}")
+        self.write_call(info.call, attempt=0, status="skipped", error=reason)
+        outcome = CallOutcome(node, "skipped", error=f"{node}: skipped: {reason}")
+        self.outcomes[node] = outcome
+        return outcome
+
+    def write_call(self, call: CallNode, *, attempt: int, status: str,
+                   record: Attempt | None = None, cost: float = 0.0, tflops: float = 0.0,
+                   error: str | None = None, error_body: str | None = None) -> None:
+        trace = self.x.trace
+        if trace is None:
+            return
+        fields: dict[str, Any] = {}
+        if record is not None:
+            fields = dict(
+                started_at=record.started_wall, ended_at=record.ended_wall,
+                duration_s=record.ended - record.started, ttft_s=record.ttft_s,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                tokens_reported=record.tokens_reported, error_type=record.error_type,
+                http_status=record.http_status, finish_reason=record.finish_reason)
+        trace.write(CallRecord(
+            run_id=self.x.run_id, query_id=self.query_id, pipeline=self.x.plan.pipeline,
+            layer=call.layer, node=call.id, position=call.position, role=call.role,
+            model=call.model, provider=call.provider, attempt=attempt, status=status,
+            cost_usd=cost, tflops=tflops, error=error, error_body=error_body, **fields))
+
+    def finish(self, answer: str | None, answered_by: str | None, *,
+               failure: str | None = None, path: list[str] | None = None,
+               status: str | None = None) -> QueryResult:
+        path = path or []
+        outcomes = list(self.outcomes.values())
+        errors = ([failure] if failure else []) + \
+            [o.error for o in outcomes if o.error and o.status in ("failed", "cancelled")] + \
+            self.causes
+        if status is None:
+            status = "ok" if answer is not None else "failed"
+        critical = sum(self.outcomes[n].ended - self.outcomes[n].started for n in path
+                       if n in self.outcomes)
+        prompt_tokens = _history_tokens(self.history)
+        self.ledger.close()
+        result = QueryResult(
+            query_id=self.query_id, status=status, answer=answer, answered_by=answered_by,
+            cost_usd=sum(o.cost_usd for o in outcomes),
+            prompt_tokens=sum(o.prompt_tokens for o in outcomes),
+            completion_tokens=sum(o.completion_tokens for o in outcomes),
+            tflops=sum(o.tflops for o in outcomes), latency_s=self.x.clock() - self.start,
+            critical_path=path, critical_path_s=critical, calls=outcomes, errors=errors,
+            skipped=self.skipped, estimate=self.x.estimate_for(prompt_tokens))
+        if self.x.trace is not None and not self.finished:
+            self.x.trace.write(QueryRecord(
+                run_id=self.x.run_id, query_id=self.query_id, pipeline=self.x.plan.pipeline,
+                status=status, started_at=self.started_at, latency_s=result.latency_s,
+                critical_path=path, critical_path_s=critical, calls=result.started_calls,
+                attempts=result.attempts, failures=result.failures, cost_usd=result.cost_usd,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens, tflops=result.tflops,
+                estimate=result.estimate, answer=answer, answered_by=answered_by,
+                errors=errors, skipped=self.skipped))
+        self.finished = True
+        return result
+
+
+class _Call:
+    """One agent call of a query: its reservation, attempts and outcome."""
+
+    __slots__ = ("q", "node", "call", "model", "outcome", "held_usd", "held_tflops",
+                 "worst_usd", "worst_tflops", "pending", "emitted", "token")
+
+    def __init__(self, query: _Query, node: _Node):
+        self.q = query
+        self.node = node
+        self.call = node.call
+        self.model = node.model
+        self.outcome = CallOutcome(node.call.id, "failed")
+        self.held_usd = self.held_tflops = 0.0
+        self.worst_usd = self.worst_tflops = 0.0
+        self.pending: tuple[Attempt, float, float] | None = None
+        self.emitted = 0  # characters streamed by the current attempt
+        self.token = None
+
+    def messages(self) -> tuple[list[dict], int]:
+        """The call's messages, and the correction to their character-based token estimate
+        that the provider-reported sizes of the answers they hold make."""
+        q, call = self.q, self.call
+        system = [call.system] if call.system else []
+        correction = 0
+        if call.prompt is not None:
+            answers = [o for o in (q.outcomes.get(n) for n in self.node.inputs)
+                       if o is not None and o.ok]
+            system.append(render_template(call.prompt, [o.text or "" for o in answers]))
+            correction = sum(o.answer_tokens - estimate_tokens(o.text) for o in answers
+                             if o.answer_tokens is not None)
+        head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
+        return head + q.history, correction
+
+    async def run(self) -> CallOutcome:
+        q, call, model = self.q, self.call, self.model
+        messages, correction = self.messages()
+        request = ChatRequest(model=model.model_id, messages=messages, sampling=call.sampling,
+                              stream=True)
+        # Tokens read: the answers fed in as their providers counted them (when they did),
+        # the rest estimated from characters; reserved with a margin so that a denser
+        # tokeniser does not carry spending past the limit.
+        reading = int(max(request.estimated_prompt_tokens() + correction, 0)
+                      * BUDGET_TOKEN_MARGIN) + 1
+        self.worst_usd = attempt_cost(model, reading, call.sampling.max_tokens)
+        self.worst_tflops = attempt_tflops(model, reading + call.sampling.max_tokens)
+        if q.expired or q.x.clock() >= q.deadline:
+            return q.skip(call.id, f"deadline: the query's {q.limit_s:g}s ran out before "
+                                   "it could start")
+        why = q.ledger.reserve(self.worst_usd, self.worst_tflops)
+        if why is not None:
+            return q.skip(call.id, why)
+        self.held_usd, self.held_tflops = self.worst_usd, self.worst_tflops
+        outcome = self.outcome
+        q.outcomes[call.id] = outcome
+        outcome.started = q.x.clock()
+        on_delta = self.delta if self.node.final and q.on_delta is not None else None
+        self.token = _CURRENT_CALL.set(self)
+        try:
+            result = await q.x.clients[call.provider].chat(
+                request, deadline=q.deadline, on_delta=on_delta, on_attempt=self.attempt)
+        except ProviderError as error:
+            outcome.error = f"{call.id}: {error}"
+            self.close_pending(error)
+        else:
+            outcome.status, outcome.text = "ok", result.text
+            outcome.finish_reason = result.finish_reason
+            if result.usage.reported:
+                outcome.answer_tokens = result.usage.completion_tokens
+        finally:
+            _CURRENT_CALL.reset(self.token)
+            outcome.ended = q.x.clock()
+            self.release()
+        return outcome
+
+    def delta(self, text: str) -> None:
+        self.emitted += len(text)
+        self.q.on_delta(text)
+
+    def attempt(self, record: Attempt) -> None:
+        """The client's ``on_attempt``: book the attempt's cost, write its line (a failed
+        one waits for the call's final error, or for the retry, before it is written)."""
+        cost = attempt_cost(self.model, record.prompt_tokens, record.completion_tokens)
+        tflops = attempt_tflops(self.model, record.prompt_tokens + record.completion_tokens)
+        outcome = self.outcome
+        outcome.attempts += 1
+        outcome.cost_usd += cost
+        outcome.tflops += tflops
+        outcome.prompt_tokens += record.prompt_tokens
+        outcome.completion_tokens += record.completion_tokens
+        self.q.ledger.settle(self.held_usd, self.held_tflops, cost, tflops)
+        self.held_usd = self.held_tflops = 0.0
+        if record.status == "ok":
+            self.q.write_call(self.call, attempt=record.number, status="ok", record=record,
+                              cost=cost, tflops=tflops)
+            return
+        self.pending = (record, cost, tflops)
+        if self.emitted and record.status == "failed" and self.q.on_restart is not None:
+            self.q.on_restart(self.call.id, f"attempt {record.number} failed "
+                                            f"({record.error_type or record.status}) after "
+                                            f"{self.emitted} characters")
+        self.emitted = 0
+
+    def flush_pending(self, error: str | None = None, body: str | None = None) -> None:
+        if self.pending is not None:
+            record, cost, tflops = self.pending
+            self.pending = None
+            self.q.write_call(self.call, attempt=record.number, status=record.status,
+                              record=record, cost=cost, tflops=tflops, error=error,
+                              error_body=body)
+
+    def close_pending(self, error: ProviderError) -> None:
+        """The call ended with ``error``: put it on the last attempt's line, or, when no
+        attempt was left unwritten (none started, or a retry was refused), on a line of
+        its own for the attempt that never started."""
+        body = error.body if isinstance(error, MalformedResponse) else None
+        if self.pending is not None:
+            self.flush_pending(str(error), body)
+        else:
+            self.q.write_call(self.call, attempt=self.outcome.attempts + 1, status="skipped",
+                              error=str(error))
+
+    def reserve_retry(self) -> None:
+        why = self.q.ledger.reserve(self.worst_usd, self.worst_tflops)
+        if why is not None:
+            raise BudgetStop(f"retry {self.outcome.attempts + 1} not made: {why}",
+                             provider=self.call.provider, model=self.model.model_id)
+        self.held_usd, self.held_tflops = self.worst_usd, self.worst_tflops
+
+    def release(self) -> None:
+        if self.held_usd or self.held_tflops:
+            self.q.ledger.settle(self.held_usd, self.held_tflops, 0.0, 0.0)
+            self.held_usd = self.held_tflops = 0.0
+
+    def cancelled(self, reason: str) -> CallOutcome:
+        outcome = self.outcome
+        if outcome.status == "ok":  # finished just as the cancel came
+            return outcome
+        outcome.status = "cancelled"
+        outcome.error = f"{self.call.id}: cancelled: {reason}"
+        if self.call.id in self.q.outcomes:
+            self.flush_pending(f"cancelled: {reason}")
+        else:  # cancelled before it started
+            self.q.outcomes[self.call.id] = outcome
+            self.q.write_call(self.call, attempt=0, status="cancelled",
+                              error=f"cancelled: {reason}")
+        self.release()
+        return outcome

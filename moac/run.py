@@ -1,0 +1,550 @@
+"""Running plans for real: one prompt (awaited or streamed), many, or a resumable batch.
+
+    from moac.run import Runner, run_plan
+
+    result = await run_plan(plan, "What is a Mixture-of-Agents?")      # one QueryResult
+    results = await run_plan(plan, ["first", "second"], concurrency=8)  # in the given order
+
+    async with Runner(plan, trace_path="traces.jsonl") as runner:
+        async for event in (stream := runner.stream("Explain MoA")):
+            if isinstance(event, Delta):
+                print(event.text, end="", flush=True)
+            else:                               # Restart: what was printed is void
+                print("\\n[the answer starts over]")
+        stream.result                           # the QueryResult, once the stream ended
+
+Contract:
+
+- One ``aiohttp`` session per :class:`Runner`, one client per provider (its concurrency cap,
+  requests-per-minute pacing and cool-down shared by every query of the run), one trace file.
+- API keys are read when the :class:`Runner` is built, before anything is sent or written:
+  a missing one raises :class:`~moac.providers.errors.MissingApiKey` naming the variable.
+- Batches (:meth:`Runner.run_batch`) append one JSON line per item to the answers file as
+  soon as the item is done (flushed), and skip the items already answered there (same id,
+  same prompt, status ``ok``): a killed run is resumed by running it again, and pays for
+  nothing it already had. When a batch ends, even by Ctrl-C, the file is rewritten (atomically)
+  with one line per id, in the prompts' order.
+- With ``max_usd_total``, the run's spending is one ledger shared by every query: once a call
+  is refused by it, no new query starts (those queries are ``not_run`` and left to a resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from moac.constants import DEFAULT_RUN_CONCURRENCY
+from moac.executor import (
+    BudgetLedger, BudgetRefused, ChatClient, Executor, QueryResult, retry_sleep,
+)
+from moac.ir import Plan
+from moac.providers.errors import MissingApiKey, ProviderError
+from moac.providers.limits import ProviderLimiter
+from moac.providers.openai import OpenAICompatibleClient, make_session, resolve_api_key
+from moac.trace import RunHeader, TraceWriter, jsonl_safe, price_table_sha256, sha256_file
+
+
+class RunError(Exception):
+    """A run cannot start or go on (unreadable prompts, a foreign answers file): one line."""
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+PROMPT_FIELDS = ("instruction", "prompt", "turns")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One item of a batch: its id, its user turns (one, or several for MT-Bench), the
+    field they came from, and the whole input record (copied into the answer line)."""
+    id: str
+    turns: tuple[str, ...]
+    field: str
+    record: dict
+
+    @property
+    def prompt(self) -> str:
+        return self.turns[0]
+
+
+def load_prompts(path: str) -> list[PromptItem]:
+    """Prompts from JSONL or a JSON array. Each item's text is its ``instruction`` or
+    ``prompt`` (AlpacaEval), or its ``turns`` (MT-Bench: answered turn by turn, each turn
+    seeing the conversation so far); its id is ``id``, else ``question_id``, else its
+    0-based position. A bare string is an item too."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise RunError(f"cannot read prompts from {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not UTF-8 text") from None
+    rows: list = []
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise RunError(f"{path}: not valid JSON: {error}") from None
+    else:
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise RunError(f"{path}:{number}: not a JSON line: {error.msg}") from None
+    items: list[PromptItem] = []
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        if isinstance(row, str):
+            row = {"prompt": row}
+        if not isinstance(row, dict):
+            raise RunError(f"{path}: item {index + 1} is not an object")
+        field_name = next((f for f in PROMPT_FIELDS if f in row), None)
+        value = row.get(field_name) if field_name else None
+        turns = tuple(value) if isinstance(value, list) else (value,)
+        if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+            raise RunError(f"{path}: item {index + 1} has no 'instruction', 'prompt' or "
+                           "'turns' text")
+        ident = str(row.get("id", row.get("question_id", index)))
+        if ident in seen:
+            raise RunError(f"{path}: item {index + 1} repeats the id {ident!r}")
+        seen.add(ident)
+        items.append(PromptItem(ident, turns, field_name, row))
+    return items
+
+
+# --- answers files ----------------------------------------------------------------------------
+
+# Fields of an answer line that moac sets (the rest are copied from the prompt's record).
+_ANSWER_FIELDS = ("id", "output", "choices", "generator", "model_id", "status", "cost_usd",
+                  "latency_s", "errors")
+
+
+def read_answers(path: str) -> list[dict]:
+    """Every well-formed line of an answers file (a torn last line is skipped)."""
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "id" in row:
+                rows.append(row)
+    return rows
+
+
+def answered(rows: Iterable[dict], items: Iterable[PromptItem]) -> set[str]:
+    """Ids of ``items`` that ``rows`` already answer: status ok, same prompt."""
+    ok = {str(r["id"]): r for r in rows if r.get("status") == "ok"}
+    return {item.id for item in items
+            if item.id in ok and ok[item.id].get(item.field) == item.record.get(item.field)}
+
+
+def compact_answers(path: str, items: Sequence[PromptItem]) -> None:
+    """Rewrite ``path`` atomically with one line per id: the items' ids first, in their
+    order (an ok line if there is one, else the latest), then any other ids it held."""
+    rows = read_answers(path)
+    if not rows:
+        return
+    best: dict[str, dict] = {}
+    order: list[str] = []
+    for row in rows:
+        key = str(row["id"])
+        if key not in best:
+            order.append(key)
+        if key not in best or row.get("status") == "ok" or best[key].get("status") != "ok":
+            best[key] = row
+    wanted = [item.id for item in items if item.id in best]
+    rest = [key for key in order if key not in set(wanted)]
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for key in wanted + rest:
+            handle.write(json.dumps(best[key], ensure_ascii=False)
+                         .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n")
+    os.replace(temporary, path)
+
+
+def _open_append(path: str):
+    """Open an answers file for appending, first cutting a torn last line (a killed run's)."""
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, "rb+") as handle:
+            data = handle.read()
+            if not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+    return open(path, "ab", buffering=0)
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text the final stage wrote."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """The attempt that streamed the text so far failed: that text is void, and the answer
+    starts over (from a retry or the fallback)."""
+    node: str
+    reason: str
+
+
+_END = object()
+
+
+class AnswerStream:
+    """An async iterator of :class:`Delta` and :class:`Restart` events for one query;
+    :attr:`result` holds the :class:`~moac.executor.QueryResult` once iteration ends (and
+    iteration re-raises what the run raised). Leaving early: ``await stream.aclose()``."""
+
+    def __init__(self, runner: "Runner", prompt, query_id: str):
+        self._runner, self._prompt, self._query_id = runner, prompt, query_id
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self.result: QueryResult | None = None
+
+    def __aiter__(self) -> "AnswerStream":
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> QueryResult:
+        try:
+            return await self._runner.run(
+                self._prompt, query_id=self._query_id,
+                on_delta=lambda text: self._queue.put_nowait(Delta(text)),
+                on_restart=lambda node, why: self._queue.put_nowait(Restart(node, why)))
+        finally:
+            self._queue.put_nowait(_END)
+
+    async def __anext__(self) -> Delta | Restart:
+        if self._task is None:
+            self.__aiter__()
+        item = await self._queue.get()
+        if item is _END:
+            self.result = self._task.result()
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchProgress:
+    total: int            # items to answer in this run (the ones answered before excluded)
+    before: int           # items answered by an earlier run
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    cost_usd: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    not_run: int = 0
+    stopped: str | None = None  # why the batch stopped early (the run's budget)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Runner:
+    """The session, clients, trace and executor of one run. Use ``async with``."""
+
+    def __init__(self, plan: Plan, *, environ: Mapping[str, str] | None = None,
+                 trace_path: str | None = None, source_file: str | None = None,
+                 max_usd_total: float | None = None,
+                 clients: Mapping[str, ChatClient] | None = None):
+        self.plan = plan
+        self.trace_path = trace_path
+        self.source_file = source_file
+        self.max_usd_total = max_usd_total
+        self.run_ledger = BudgetLedger(max_usd_total, name="run", label="max_usd_total") \
+            if max_usd_total is not None else None
+        self.run_id = uuid.uuid4().hex[:12]
+        self._given_clients = clients
+        self.keys = {}
+        if clients is None:
+            environ = os.environ if environ is None else environ
+            # Keys first: a missing one must fail before anything is sent or written.
+            for provider in plan.providers.values():
+                if provider.kind == "local":
+                    raise RunError(f"provider '{provider.name}' is of kind local: the "
+                                   "embedded model is not available in this version of moac")
+                self.keys[provider.name] = resolve_api_key(provider, environ)
+        self.session = None
+        self.trace: TraceWriter | None = None
+        self.executor: Executor | None = None
+
+    async def __aenter__(self) -> "Runner":
+        if self._given_clients is None:
+            self.session = make_session(self.plan.providers.values())
+            clients = {
+                name: OpenAICompatibleClient(
+                    self.session, provider, self.keys[name], sleep=retry_sleep,
+                    # A limiter of its own: pacing sleeps must not reach retry_sleep.
+                    limiter=ProviderLimiter(provider.name, provider.parallel, provider.rpm))
+                for name, provider in self.plan.providers.items()}
+        else:
+            clients = dict(self._given_clients)
+        try:
+            if self.trace_path:
+                self.trace = TraceWriter(self.trace_path)
+                self.trace.write(self.header())
+            self.executor = Executor(self.plan, clients, trace=self.trace, run_id=self.run_id,
+                                     run_ledger=self.run_ledger)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        if self.trace is not None:
+            self.trace.close()
+
+    def header(self) -> RunHeader:
+        from moac import __version__
+        source = self.source_file or self.plan.graph.graph.get("source", "")
+        return RunHeader(
+            run_id=self.run_id, moac_version=__version__, started_at=time.time(),
+            file=source, file_sha256=sha256_file(source) if source and os.path.isfile(source)
+            else "", pipeline=self.plan.pipeline, plan=self.plan.to_dict(),
+            budget=self.plan.budget.model_dump(mode="json"), max_usd_total=self.max_usd_total,
+            price_table_sha256=price_table_sha256(self.plan.models))
+
+    @property
+    def spent_usd(self) -> float:
+        return self.run_ledger.spent_usd if self.run_ledger else float("nan")
+
+    # --- queries ---------------------------------------------------------------------------
+
+    async def run(self, prompt, *, query_id: str = "q0",
+                  on_delta: Callable[[str], None] | None = None,
+                  on_restart: Callable[[str, str], None] | None = None) -> QueryResult:
+        """Answer one prompt (a string, or a conversation ending with the user's turn)."""
+        return await self.executor.run(prompt, query_id=query_id, on_delta=on_delta,
+                                       on_restart=on_restart)
+
+    def stream(self, prompt, *, query_id: str = "q0") -> AnswerStream:
+        """Answer one prompt as an async iterator of :class:`Delta`/:class:`Restart`."""
+        return AnswerStream(self, prompt, query_id)
+
+    async def run_many(self, prompts: Sequence, *,
+                       concurrency: int = DEFAULT_RUN_CONCURRENCY) -> list[QueryResult]:
+        """Answer several prompts, up to ``concurrency`` at once; results in their order."""
+        semaphore = asyncio.Semaphore(max(concurrency, 1))
+
+        async def one(index: int, prompt) -> QueryResult:
+            async with semaphore:
+                return await self.run(prompt, query_id=str(index))
+
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+
+    async def answer_item(self, item: PromptItem) -> tuple[str, list[QueryResult]]:
+        """Every turn of an item, each turn seeing the conversation so far. Raises
+        :class:`~moac.executor.BudgetRefused` when the run cannot admit the first turn."""
+        history: list[dict] = []
+        results: list[QueryResult] = []
+        for number, turn in enumerate(item.turns, 1):
+            history.append({"role": "user", "content": turn})
+            query_id = item.id if len(item.turns) == 1 else f"{item.id}#{number}"
+            result = await self.executor.run(list(history), query_id=query_id,
+                                             admission="raise" if number == 1 else "fail")
+            results.append(result)
+            if not result.ok:
+                return "failed", results
+            history.append({"role": "assistant", "content": result.answer})
+        return "ok", results
+
+    async def run_batch(self, items: Sequence[PromptItem], out_path: str, *,
+                        concurrency: int = DEFAULT_RUN_CONCURRENCY,
+                        progress: Callable[[BatchProgress], None] | None = None
+                        ) -> BatchProgress:
+        """Answer every item not already answered in ``out_path`` (see the module
+        docstring), appending a line per item as it completes."""
+        rows = read_answers(out_path)
+        others = sorted({str(r.get("generator")) for r in rows
+                         if r.get("status") == "ok" and r.get("generator") not in
+                         (None, self.plan.pipeline)})
+        if others:
+            raise RunError(f"{out_path} holds answers of pipeline {', '.join(others)}, not "
+                           f"{self.plan.pipeline}: give another --out")
+        done_before = answered(rows, items)
+        todo = [item for item in items if item.id not in done_before]
+        state = BatchProgress(total=len(todo), before=len(items) - len(todo))
+        queue = iter(todo)
+        out = _open_append(out_path)
+        finished = asyncio.Condition()
+        in_flight = [0]
+
+        async def answer(item: PromptItem) -> tuple[str, list[QueryResult]] | None:
+            """The item's answer, once the run's budget admits it; None if it never will
+            (nothing else in flight will free any of the budget)."""
+            while True:
+                try:
+                    return await self.answer_item(item)
+                except BudgetRefused as refusal:
+                    if in_flight[0] == 1:
+                        state.stopped = refusal.reason
+                        return None
+                    in_flight[0] -= 1
+                    async with finished:
+                        await finished.wait()
+                    in_flight[0] += 1
+
+        def skip() -> None:
+            state.not_run += 1
+            if progress is not None:
+                progress(state)
+
+        async def worker() -> None:
+            for item in queue:
+                if state.stopped:
+                    skip()
+                    continue
+                in_flight[0] += 1
+                try:
+                    answer_ = await answer(item)
+                finally:
+                    in_flight[0] -= 1
+                    async with finished:
+                        finished.notify_all()
+                if answer_ is None:
+                    skip()
+                    continue
+                status, results = answer_
+                out.write(self.answer_line(item, status, results))
+                state.done += 1
+                state.ok += status == "ok"
+                state.failed += status != "ok"
+                state.cost_usd += sum(r.cost_usd for r in results)
+                if progress is not None:
+                    progress(state)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency,
+                                                                      len(todo) or 1)))))
+        finally:
+            out.close()
+            compact_answers(out_path, items)
+        return state
+
+    def answer_line(self, item: PromptItem, status: str, results: list[QueryResult]) -> bytes:
+        row: dict[str, Any] = {"id": item.id}
+        row.update((k, v) for k, v in item.record.items() if k not in _ANSWER_FIELDS)
+        answers = [r.answer for r in results]
+        if item.field == "turns":
+            row["choices"] = [{"index": 0, "turns": answers}]
+            row["model_id"] = self.plan.pipeline
+        else:
+            row["output"] = answers[0] if answers else None
+        row["generator"] = self.plan.pipeline
+        row["status"] = status
+        row["cost_usd"] = round(sum(r.cost_usd for r in results), 8)
+        row["latency_s"] = round(sum(r.latency_s for r in results), 4)
+        row["errors"] = [e for r in results for e in r.errors]
+        return jsonl_safe(json.dumps(row, ensure_ascii=False).encode()) + b"\n"
+
+
+async def run_plan(plan: Plan, prompts, *, concurrency: int = DEFAULT_RUN_CONCURRENCY,
+                   trace_path: str | None = None, environ: Mapping[str, str] | None = None,
+                   max_usd_total: float | None = None,
+                   on_delta: Callable[[str], None] | None = None):
+    """One-shot: a string (or a conversation) gives one :class:`QueryResult`; a list of
+    strings gives a list of them, in order."""
+    async with Runner(plan, environ=environ, trace_path=trace_path,
+                      max_usd_total=max_usd_total) as runner:
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], Mapping)):
+            return await runner.run(prompts, on_delta=on_delta)
+        return await runner.run_many(prompts, concurrency=concurrency)
+
+
+# --- command-line helpers ---------------------------------------------------------------------
+
+
+def default_answers_path(prompts_path: str, pipeline: str) -> str:
+    """``questions.jsonl`` run by ``moa`` answers to ``questions.moa.answers.jsonl`` in the
+    current directory (the prompts' own directory may be read-only shared data)."""
+    stem = os.path.basename(prompts_path)
+    for suffix in (".jsonl", ".json"):
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+            break
+    return f"{stem}.{pipeline}.answers.jsonl"
+
+
+def summary_line(result: QueryResult) -> str:
+    """The one line ``moac run --prompt`` prints on standard error."""
+    parts = [result.status, f"${result.cost_usd:.4f}",
+             f"{result.prompt_tokens + result.completion_tokens:,} tokens "
+             f"({result.prompt_tokens:,} in, {result.completion_tokens:,} out)",
+             f"{result.latency_s:.2f}s",
+             f"{result.started_calls} call{'s' if result.started_calls != 1 else ''}"]
+    if result.attempts > result.started_calls:
+        parts.append(f"{result.attempts} attempts")
+    parts.append(f"{result.failures} failed")
+    if result.skipped:
+        parts.append(f"{len(result.skipped)} skipped")
+    if result.answered_by and result.answered_by.startswith("fallback"):
+        parts.append(f"answered by {result.answered_by}")
+    return "moac: " + " · ".join(parts)
+
+
+def stderr_progress(stream=None) -> Callable[[BatchProgress], None]:
+    """A progress bar on a terminal (redrawn at most ten times a second); a line per tenth
+    of the batch otherwise."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    last = [0.0, -1]
+
+    def show(p: BatchProgress) -> None:
+        finished = p.done + p.not_run >= p.total
+        now = time.monotonic()
+        tenth = p.done * 10 // max(p.total, 1)
+        if tty and not finished and now - last[0] < 0.1:
+            return
+        if not tty and not finished and tenth == last[1]:
+            return
+        last[0], last[1] = now, tenth
+        rate = p.done / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        text = (f"{p.done:>{len(str(p.total))}}/{p.total} · ${p.cost_usd:.4f}"
+                + (f" · {p.failed} failed" if p.failed else "")
+                + (f" · {p.not_run} not run" if p.not_run else "")
+                + f" · {rate:.1f}/s"
+                + (f" · {p.before} answered before" if p.before else ""))
+        if tty:
+            width = 24
+            filled = int(width * p.done / max(p.total, 1))
+            stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\x1b[K")
+            if finished:
+                stream.write("\n")
+        else:
+            stream.write(text + "\n")
+        stream.flush()
+
+    return show
+
+
+__all__ = ["AnswerStream", "BatchProgress", "Delta", "MissingApiKey", "PromptItem",
+           "ProviderError", "Restart", "RunError", "Runner", "answered", "compact_answers",
+           "default_answers_path", "load_prompts", "read_answers", "run_plan",
+           "stderr_progress", "summary_line"]

@@ -1,0 +1,199 @@
+"""Traces: one JSON line per call attempt, per query and per run, flushed as written.
+
+Contract:
+
+- The schema is an allow-list. Every line is one of the pydantic records below
+  (``extra="forbid"``), built field by field from what the executor measured, never by dumping
+  a request, a response, a header or an exception, so no API key or raw request can land in a
+  trace. Error texts come from :class:`moac.providers.errors.ProviderError`, which redacts the
+  call's key (and anything key-shaped) when it is built.
+- Lines are written whole (one ``write`` of the line and its newline) and flushed before
+  :meth:`TraceWriter.write` returns, so a run killed at any point loses nothing already
+  written; at worst its last line is torn, and :func:`read_trace` skips a torn line. A file
+  opened for appending after a torn line gets a newline first, so the torn line cannot eat
+  the next record.
+- Three kinds of line, told apart by ``type``:
+
+  ``run``   once per run: moac version, the ``.moa`` file and its SHA-256, the plan as run,
+            the budget, the SHA-256 of the price table the costs were computed with.
+  ``call``  once per attempt of an agent call (a retried call is billed per attempt), and
+            once for a call that never started (``status="skipped"``, ``attempt=0``, the
+            reason in ``error``).
+  ``query`` once per query: totals, the critical path, the planner's estimate, the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+CallStatus = Literal["ok", "failed", "cancelled", "skipped"]
+QueryStatus = Literal["ok", "failed", "cancelled"]
+TRACE_FORMAT_VERSION = 1
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunHeader(Record):
+    type: Literal["run"] = "run"
+    format: int = TRACE_FORMAT_VERSION
+    run_id: str
+    moac_version: str
+    started_at: float
+    file: str
+    file_sha256: str
+    pipeline: str
+    plan: dict[str, Any]
+    budget: dict[str, Any]
+    max_usd_total: float | None = None
+    price_table_sha256: str
+
+
+class CallRecord(Record):
+    """One attempt of one agent call. Times: ``started_at``/``ended_at`` in epoch seconds;
+    ``ttft_s`` from the attempt's start to its first text. ``tokens_reported`` is false when
+    a count was estimated (the provider sent no usage). ``error`` is the redacted message of
+    the error that ended the call (on its last attempt), or why it was skipped or cancelled;
+    ``error_body`` the redacted start of a malformed response's body."""
+
+    type: Literal["call"] = "call"
+    run_id: str
+    query_id: str
+    pipeline: str
+    layer: str
+    node: str
+    position: int
+    role: str
+    model: str
+    provider: str
+    attempt: int
+    started_at: float | None = None
+    ended_at: float | None = None
+    duration_s: float | None = None
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_reported: bool = False
+    cost_usd: float = 0.0
+    tflops: float = 0.0
+    status: CallStatus
+    error_type: str | None = None
+    error: str | None = None
+    error_body: str | None = None
+    http_status: int | None = None
+    finish_reason: str | None = None
+
+
+class SkippedNode(Record):
+    node: str
+    reason: str
+
+
+class QueryRecord(Record):
+    """One query. ``critical_path`` is, for each stage, the call the next stage waited for
+    (the last to end), then the final calls; ``critical_path_s`` the sum of those calls'
+    durations, so ``latency_s - critical_path_s`` is what the executor itself added.
+    ``estimate`` is the planner's expected-case estimate for this prompt's length (None when
+    the planner is not installed)."""
+
+    type: Literal["query"] = "query"
+    run_id: str
+    query_id: str
+    pipeline: str
+    status: QueryStatus
+    started_at: float
+    latency_s: float
+    critical_path: list[str]
+    critical_path_s: float
+    calls: int
+    attempts: int
+    failures: int
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    tflops: float
+    estimate: dict[str, Any] | None = None
+    answer: str | None = None
+    answered_by: str | None = None
+    errors: list[str] = []
+    skipped: list[SkippedNode] = []
+
+
+class TraceWriter:
+    """Appends records to a JSONL file, each line written whole and flushed at once."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._handle = open(self.path, "ab", buffering=0)
+        if self._handle.tell() > 0 and not _ends_with_newline(self.path):
+            self._handle.write(b"\n")  # a torn last line (a killed run) stays on its own
+
+    def write(self, record: Record) -> None:
+        # One unbuffered write per line: the OS has it before this returns.
+        self._handle.write(jsonl_safe(record.__pydantic_serializer__.to_json(record)) + b"\n")
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_LINE_SEPARATORS = ("\u2028".encode(), "\u2029".encode())
+
+
+def jsonl_safe(line: bytes) -> bytes:
+    """A JSON line with U+2028 and U+2029 escaped: valid JSON either way, but readers that
+    split lines with ``str.splitlines()`` would cut a raw one in two."""
+    if b"\xe2\x80" in line:
+        for raw in _LINE_SEPARATORS:
+            line = line.replace(raw, b"\\u%04x" % ord(raw.decode()))
+    return line
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def read_trace(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a trace file; a torn line (a killed run) is skipped."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def price_table_sha256(models: dict) -> str:
+    """A fingerprint of the prices a run was costed with (model id, dollars per million in
+    and out), to spot comparisons across price changes."""
+    table = {name: [m.model_id, m.usd_per_m_input, m.usd_per_m_output]
+             for name, m in sorted(models.items())}
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
