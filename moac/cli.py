@@ -142,18 +142,9 @@ def cmd_compile(args) -> int:
                            "candidates": {k: p.to_dict() for k, p in plans.items()}},
                           indent=2, ensure_ascii=False)
     else:
-        override = _budget_override(args)
-        plan = program.plan(selected.name, override)
-        limits = plan.budget
-        bounded = (limits.max_usd, limits.max_latency_s, limits.max_tflops) != (None,) * 3
-        if bounded and not _fits(plan):  # a plan within its budget is written as declared
-            from planner import NothingFits, prune, render
-            try:
-                plan = prune(plan)
-            except NothingFits as error:
-                print(f"moac: error: {error}", file=sys.stderr)
-                return EXIT_PROBLEMS
-            print(render(plan.annotations["planner"]), end="", file=sys.stderr)
+        plan = _pruned_to_budget(program.plan(selected.name, _budget_override(args)))
+        if plan is None:
+            return EXIT_PROBLEMS
         text = plan.to_json()
     _emit(text + "\n", args.output)
     return EXIT_OK
@@ -283,17 +274,9 @@ def cmd_run(args) -> int:
         except UsageError:
             raise UsageError("--max-usd-total expects a non-negative number like $5 or 5, "
                              f"got '{args.max_usd_total}'") from None
-    plan = program.plan(selected.name, _budget_override(args))
-    limits = plan.budget
-    if (limits.max_usd, limits.max_latency_s, limits.max_tflops) != (None,) * 3 \
-            and not _fits(plan):
-        from planner import NothingFits, prune, render
-        try:
-            plan = prune(plan)
-        except NothingFits as error:
-            print(f"moac: error: {error}", file=sys.stderr)
-            return EXIT_PROBLEMS
-        print(render(plan.annotations["planner"]), end="", file=sys.stderr)
+    plan = _pruned_to_budget(program.plan(selected.name, _budget_override(args)))
+    if plan is None:
+        return EXIT_PROBLEMS
     try:
         items = None
         if args.prompts is not None:
@@ -390,8 +373,12 @@ async def _run_prompts(runner, items, out: str, concurrency: int) -> int:
 
 def cmd_trace_summarize(args) -> int:
     from moac.summarize import render_summary, summarize_files
-    sys.stdout.write(render_summary(summarize_files([_existing(p) for p in args.traces],
-                                                    run_id=args.run)))
+    summary = summarize_files([_existing(p) for p in args.traces], run_id=args.run)
+    if not summary.runs and not summary.queries and not summary.models:
+        print("moac: error: no trace records found in " + ", ".join(args.traces)
+              + (f" for run {args.run}" if args.run else ""), file=sys.stderr)
+        return EXIT_PROBLEMS
+    sys.stdout.write(render_summary(summary))
     return EXIT_OK
 
 
@@ -405,6 +392,21 @@ def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-tflops", metavar="T", help="TFLOPs per query: 5000")
     group.add_argument("--budget-mode", choices=("expected", "worst"),
                        help="bound the expected case or the worst (every answer at max_tokens)")
+
+
+def _pruned_to_budget(plan):
+    """The plan itself when it fits its budget (or has none); else the best sub-plan that
+    fits, with the planner's report on stderr; None (after saying why) when nothing fits."""
+    if not plan.budget.bounded or _fits(plan):
+        return plan
+    from planner import NothingFits, prune, render
+    try:
+        plan = prune(plan)
+    except NothingFits as error:
+        print(f"moac: error: {error}", file=sys.stderr)
+        return None
+    print(render(plan.annotations["planner"]), end="", file=sys.stderr)
+    return plan
 
 
 def _fits(plan) -> bool:

@@ -46,6 +46,8 @@ class Diagnostic:
     severity: Severity = "error"
     # The text the span points into; kept so that rendering needs no file access.
     source: str | None = field(default=None, repr=False, compare=False)
+    # The span may hold a secret (a key pasted where an env var belongs): never print it.
+    redact: bool = False
 
     def headline(self) -> str:
         where = self.path
@@ -70,6 +72,9 @@ class Diagnostic:
         if not 1 <= self.span.line <= len(source_lines):
             return []
         text = source_lines[self.span.line - 1].rstrip("\r")
+        if self.redact and self.span.end_line == self.span.line:
+            start, end = self.span.column - 1, self.span.end_column - 1
+            text = text[:start] + "*" * (end - start) + text[end:]
         # Tabs would shift the caret; show them as single spaces.
         text = text.replace("\t", " ")
         gutter = f"{self.span.line:>4} | "

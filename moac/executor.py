@@ -46,7 +46,7 @@ import contextvars
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from moac.constants import (
@@ -423,6 +423,7 @@ class _Query:
         self.ledger = BudgetLedger(budget.max_usd, budget.max_tflops,
                                    parent=executor.run_ledger)
         self.outcomes: dict[str, CallOutcome] = {}
+        self.clamped: dict[str, int] = {}  # node -> max_tokens the budget allowed it
         self.skipped: list[SkippedNode] = []
         self.causes: list[str] = []  # skips that explain a failure (budget, deadline)
         self.tasks: dict[asyncio.Task, str] = {}
@@ -573,7 +574,8 @@ class _Query:
             run_id=self.x.run_id, query_id=self.query_id, pipeline=self.x.plan.pipeline,
             layer=call.layer, node=call.id, position=call.position, role=call.role,
             model=call.model, provider=call.provider, attempt=attempt, status=status,
-            cost_usd=cost, tflops=tflops, error=error, error_body=error_body, **fields))
+            cost_usd=cost, tflops=tflops, error=error, error_body=error_body,
+            max_tokens=self.clamped.get(call.id, call.sampling.max_tokens), **fields))
 
     def finish(self, answer: str | None, answered_by: str | None, *,
                failure: str | None = None, path: list[str] | None = None,
@@ -661,7 +663,9 @@ class _Call:
                                    "it could start")
         why = q.ledger.reserve(self.worst_usd, self.worst_tflops)
         if why is not None:
-            return q.skip(call.id, why)
+            request = self.clamp(request, reading)
+            if request is None:
+                return q.skip(call.id, why)
         self.held_usd, self.held_tflops = self.worst_usd, self.worst_tflops
         outcome = self.outcome
         q.outcomes[call.id] = outcome
@@ -684,6 +688,25 @@ class _Call:
             outcome.ended = q.x.clock()
             self.release()
         return outcome
+
+    def clamp(self, request: ChatRequest, reading: int) -> ChatRequest | None:
+        """When the call's worst case does not fit but a shorter answer does, ask for at
+        most what fits (and hold that), as long as it leaves room for the model's typical
+        answer; else None. The answer may then end with finish_reason "length"."""
+        q, model = self.q, self.model
+        usd_left = q.ledger.headroom_usd() - attempt_cost(model, reading, 0)
+        per_token = attempt_cost(model, 0, 1)
+        affordable = int(usd_left / per_token) if per_token > 0 else 0
+        wanted = self.call.sampling.max_tokens
+        if affordable >= wanted or affordable < min(model.answer_tokens, wanted):
+            return None
+        worst_usd = attempt_cost(model, reading, affordable)
+        worst_tflops = attempt_tflops(model, reading + affordable)
+        if q.ledger.reserve(worst_usd, worst_tflops) is not None:
+            return None
+        self.worst_usd, self.worst_tflops = worst_usd, worst_tflops
+        q.clamped[self.call.id] = affordable
+        return replace(request, max_tokens=affordable)
 
     def delta(self, text: str) -> None:
         self.emitted += len(text)

@@ -93,6 +93,11 @@ class BudgetSpec(Spec):
     max_tflops: float | None = None
     mode: Literal["expected", "worst"] = "expected"
 
+    @property
+    def bounded(self) -> bool:
+        """Whether any limit is set."""
+        return (self.max_usd, self.max_latency_s, self.max_tflops) != (None, None, None)
+
     def merged(self, override: "BudgetSpec | None") -> "BudgetSpec":
         """This budget with every limit ``override`` sets taken from it."""
         if override is None:

@@ -60,7 +60,8 @@ class CallRecord(Record):
     ``ttft_s`` from the attempt's start to its first text. ``tokens_reported`` is false when
     a count was estimated (the provider sent no usage). ``error`` is the redacted message of
     the error that ended the call (on its last attempt), or why it was skipped or cancelled;
-    ``error_body`` the redacted start of a malformed response's body."""
+    ``error_body`` the redacted start of a malformed response's body. ``max_tokens`` is what
+    the call was sent with: below the agent's own when the budget clamped it."""
 
     type: Literal["call"] = "call"
     run_id: str
@@ -88,6 +89,7 @@ class CallRecord(Record):
     error_body: str | None = None
     http_status: int | None = None
     finish_reason: str | None = None
+    max_tokens: int | None = None
 
 
 class SkippedNode(Record):

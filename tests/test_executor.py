@@ -355,3 +355,37 @@ def test_trace_never_holds_a_request_or_header(tmp_path):
     lines = [json.loads(line) for line in text.splitlines()]
     assert all("messages" not in line for line in lines)
     assert '"secret question?"' not in text  # prompts are not traced, answers are
+
+
+def test_budget_clamps_max_tokens_when_a_shorter_answer_fits(tmp_path):
+    """$1.00/M: 100 answer tokens cost $0.0001; with room for ~60 output tokens the call is
+    sent with a lower max_tokens instead of being skipped, and never overspends."""
+    trace = tmp_path / "t.jsonl"
+
+    async def main():
+        async with FakeOpenAI(api_key=KEY) as server:
+            # About 20 prompt tokens (x1.25 margin) plus 60 answer tokens fit; 100 do not.
+            plan = solo_plan(server, max_tokens=100, max_usd=0.000085)
+            plan.graph.graph["models"]["a"] = plan.models["a"].model_copy(
+                update={"answer_tokens": 40})
+            return server, await query(plan, "Clamp me.", trace)
+
+    server, result = arun(main())
+    [call] = [r for r in read_trace(trace) if r["type"] == "call"]
+    assert call["status"] == "ok"
+    assert 40 <= call["max_tokens"] < 100
+    assert server.requests[0].body["max_tokens"] == call["max_tokens"]
+    assert result.cost_usd <= 0.000085
+
+
+def test_budget_skips_when_not_even_a_typical_answer_fits(tmp_path):
+    async def main():
+        async with FakeOpenAI(api_key=KEY) as server:
+            plan = solo_plan(server, max_tokens=100, max_usd=0.00004)
+            plan.graph.graph["models"]["a"] = plan.models["a"].model_copy(
+                update={"answer_tokens": 40})
+            return server, await query(plan, "Too poor.")
+
+    server, result = arun(main())
+    assert result.status == "failed" and not server.requests
+    assert result.skipped and result.skipped[0].reason.startswith("budget")

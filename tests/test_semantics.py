@@ -192,3 +192,28 @@ def test_diamond_imports_load_once_and_cycles_are_reported(tmp_path):
     assert diagnostic.code == "E104"
     assert diagnostic.path.endswith("y.moa")
     assert "x.moa -> " in diagnostic.message and diagnostic.message.endswith("x.moa")
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("http://127.0.0.1:99999/v1", False),
+    ("ftp://example.com", False),
+    ("http://user:canary-s3cret@example.com/v1", True),
+    ("https://example.com/v1?api-key=canary-s3cret", True),
+])
+def test_bad_base_urls_are_caught_and_secrets_in_them_never_printed(url, secret):
+    text = f'provider q {{\n  kind = openai\n  base_url = "{url}"\n}}\n'
+    with pytest.raises(moac.MoaSemanticError) as caught:
+        moac.compile_string(text, "u.moa")
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.code == "E602"
+    rendered = diagnostic.render()
+    assert ("canary-s3cret" in rendered) is False
+    assert (url in rendered) is (not secret)
+
+
+def test_a_literal_api_key_is_masked_in_the_diagnostic():
+    text = 'provider q {\n  kind = openai\n  base_url = "http://h/v1"\n  api_key = "sk-canary"\n}\n'
+    with pytest.raises(moac.MoaSemanticError) as caught:
+        moac.compile_string(text, "k.moa")
+    rendered = caught.value.render()
+    assert "E601" in rendered and "sk-canary" not in rendered

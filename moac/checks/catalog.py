@@ -7,6 +7,7 @@ place is reported without echoing it.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from moac import ast, constants
 from moac.checks.state import CheckState
@@ -53,9 +54,11 @@ def _read_provider(reader: Reader, node: ast.Provider) -> ProviderSpec | None:
                 ok = False
                 continue
             url = reader.string(value, key)
-            if url is not None and not re.match(r"https?://[^\s/]+", url):
-                reader.report("E602", f"base_url must start with http:// or https:// and a "
-                              f"host, not '{url[:60]}'", value.span)
+            problem = url is not None and _url_problem(url)
+            if problem:
+                reader.report("E602", f"invalid base_url: {problem}", value.span,
+                              hint='e.g. "https://api.openai.com/v1"',
+                              redact=problem in _SECRET_PROBLEMS)
                 url = None
             fields["base_url"] = url
             ok = ok and url is not None
@@ -92,6 +95,32 @@ def _read_provider(reader: Reader, node: ast.Provider) -> ProviderSpec | None:
     return ProviderSpec(**fields)
 
 
+# Credentials in a URL would end up in plans and traces (and on screen in a diagnostic's
+# source excerpt, which is masked for these two).
+_CREDENTIALS = "it holds a user name or password; use `api_key = env VAR` for secrets"
+_QUERY = "it has a query or fragment; keys in URLs would reach plans and traces"
+_SECRET_PROBLEMS = (_CREDENTIALS, _QUERY)
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a provider's base URL, or None. Never echoes credentials."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range
+    except ValueError as error:
+        return f"{error}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "it must start with http:// or https:// and a host"
+    if parts.username is not None or parts.password is not None:
+        return _CREDENTIALS
+    if parts.query or parts.fragment:
+        return _QUERY
+    if any(c.isspace() for c in url):
+        return "it contains whitespace"
+    del port
+    return None
+
+
 def _read_env(reader: Reader, value: ast.Value) -> str | None:
     if isinstance(value, ast.Env):
         if not _ENV_NAME.fullmatch(value.var.name):
@@ -101,7 +130,7 @@ def _read_env(reader: Reader, value: ast.Value) -> str | None:
         return value.var.name
     # Never echo the value: it may be a real key pasted into the file.
     reader.report("E601", "api_key must name an environment variable, not hold a value",
-                  value.span, hint="write `api_key = env MY_API_KEY` and export MY_API_KEY; "
+                  value.span, redact=True, hint="write `api_key = env MY_API_KEY` and export MY_API_KEY; "
                                    "if a real key was here, revoke it")
     return None
 

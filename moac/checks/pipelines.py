@@ -37,11 +37,12 @@ class _Flat:
     """A pipeline's statements after derivation, each with the file it was written in."""
 
     settings: dict[str, tuple[ast.Setting, str]] = field(default_factory=dict)
-    layers: list[tuple[ast.Layer, str]] = field(default_factory=list)
+    # By name, in pipeline order: replacing a name keeps its place, a new name appends.
+    layers: dict[str, tuple[ast.Layer, str]] = field(default_factory=dict)
     aggregate: tuple[ast.Aggregate, str] | None = None
 
     def copy(self) -> "_Flat":
-        return _Flat(dict(self.settings), list(self.layers), self.aggregate)
+        return _Flat(dict(self.settings), dict(self.layers), self.aggregate)
 
 
 def expand_pipelines(state: CheckState) -> None:
@@ -111,20 +112,16 @@ def _flatten(state: CheckState, name: str, flats: dict, stack: list[str]) -> _Fl
                               f"'{layer_name}'", stage.name.span)
                 continue
             body_layers.add(layer_name)
-            names = [layer.name.name for layer, _ in flat.layers]
-            if layer_name in names:
-                flat.layers[names.index(layer_name)] = (stage, path)
-            else:
-                flat.layers.append((stage, path))
+            flat.layers[layer_name] = (stage, path)
         elif isinstance(stage, ast.Without):
             for ident in stage.layers:
-                names = [layer.name.name for layer, _ in flat.layers]
-                if ident.name not in names:
+                if ident.name not in flat.layers:
+                    names = list(flat.layers)
                     reader.report("E306", f"pipeline '{name}' has no layer '{ident.name}' "
                                   "to leave out", ident.span, hint=suggest(ident.name, names)
                                   or ("its layers: " + ", ".join(names) if names else None))
                 else:
-                    del flat.layers[names.index(ident.name)]
+                    del flat.layers[ident.name]
         elif isinstance(stage, ast.Aggregate):
             if aggregate_seen is not None:
                 reader.report("E307", f"pipeline '{name}' has a second aggregator",
@@ -154,7 +151,7 @@ class _Resolver:
 
     def resolve(self) -> PipelineSpec | None:
         layers = [self._layer(i, layer, path) for i, (layer, path) in
-                  enumerate(self.flat.layers)]
+                  enumerate(self.flat.layers.values())]
         declared = self.state.pipelines[self.name]
         if self.flat.aggregate is None:
             self.state.report("E301", f"pipeline '{self.name}' has no aggregator",

@@ -49,10 +49,10 @@ class CheckState:
     agent_sites: dict[tuple[str, int, int], AgentSite] = field(default_factory=dict)
 
     def report(self, code: str, message: str, path: str, span: Span | None,
-               hint: str | None = None) -> None:
+               hint: str | None = None, *, redact: bool = False) -> None:
         if span is not None and span.line == 0:
             span = None
-        self.diagnostics.append(Diagnostic(code, message, path, span, hint))
+        self.diagnostics.append(Diagnostic(code, message, path, span, hint, redact=redact))
 
     def unknown(self, kind: str, ident: ast.Ident, path: str, known, *, elsewhere: str | None
                 = None) -> None:

@@ -49,8 +49,9 @@ class Reader:
     state: CheckState
     path: str
 
-    def report(self, code: str, message: str, span: Span | None, hint: str | None = None):
-        self.state.report(code, message, self.path, span, hint)
+    def report(self, code: str, message: str, span: Span | None, hint: str | None = None,
+               *, redact: bool = False):
+        self.state.report(code, message, self.path, span, hint, redact=redact)
 
     # --- settings lists --------------------------------------------------------------
 

@@ -274,6 +274,11 @@ class OpenAICompatibleClient:
                                         what="truncated", **where.fields(status=record.http_status))
         except (aiohttp.ClientError, OSError) as exc:
             outcome = ConnectionFailed(f"{type(exc).__name__}: {exc}", **where.fields())
+        except ValueError as exc:
+            if response is not None:
+                raise  # raised while reading, by a callback: not the connection's fault
+            # aiohttp refuses some URLs only when asked to connect (a port out of range).
+            outcome = ConnectionFailed(f"cannot connect: {exc}", **where.fields())
         finally:
             if response is not None:
                 # Release (connection reused) only after a clean read; otherwise close.
