@@ -69,13 +69,11 @@ class ChatClient(Protocol):
 
 
 def attempt_cost(model: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float:
-    return (prompt_tokens * model.usd_per_m_input
-            + completion_tokens * model.usd_per_m_output) / 1_000_000
+    return model.usd(prompt_tokens, completion_tokens)
 
 
 def attempt_tflops(model: ModelSpec, tokens: int) -> float:
-    # 2 FLOPs per active parameter per token; parameters are in billions: 1e9 / 1e12.
-    return 2 * model.active_params_b * tokens / 1000
+    return model.tflops(tokens)
 
 
 class BudgetStop(ProviderError):

@@ -49,6 +49,15 @@ class ModelSpec(Spec):
     quality: float | None = None
     answer_tokens: int
 
+    def usd(self, tokens_in: float, tokens_out: float) -> float:
+        """Dollars for a call that reads ``tokens_in`` and writes ``tokens_out``."""
+        return (tokens_in * self.usd_per_m_input + tokens_out * self.usd_per_m_output) / 1e6
+
+    def tflops(self, tokens: float) -> float:
+        """TFLOPs to process ``tokens``: 2 FLOPs per active parameter per token (the usual
+        estimate); parameters are in billions, so 2 x 1e9 / 1e12 per token per billion."""
+        return 2 * self.active_params_b * tokens / 1000
+
 
 class Sampling(Spec):
     temperature: float

@@ -29,7 +29,6 @@ from moac.constants import ASSUMED_PROMPT_TOKENS
 from moac.prompts import input_tokens
 from moac.spec import BudgetSpec, ModelSpec, Sampling
 
-from planner.constants import FLOPS_PER_PARAM_TOKEN, TFLOPS_PER_BILLION_PARAM_TOKENS, USD_PER_M
 
 if TYPE_CHECKING:
     from moac.ir import Plan
@@ -80,9 +79,8 @@ def output_tokens(model: ModelSpec, sampling: Sampling, mode: Mode) -> int:
 
 def call_cost(model: ModelSpec, tokens_in: int, tokens_out: int) -> tuple[float, float, float]:
     """(dollars, TFLOPs, seconds) of one call of ``model``."""
-    usd = (tokens_in * model.usd_per_m_input + tokens_out * model.usd_per_m_output) * USD_PER_M
-    tflops = (FLOPS_PER_PARAM_TOKEN * model.active_params_b * (tokens_in + tokens_out)
-              * TFLOPS_PER_BILLION_PARAM_TOKENS)
+    usd = model.usd(tokens_in, tokens_out)
+    tflops = model.tflops(tokens_in + tokens_out)
     seconds = (model.ttft_s + tokens_in / model.prefill_tokens_per_s
                + tokens_out / model.output_tokens_per_s)
     return usd, tflops, seconds
