@@ -285,25 +285,45 @@ class Runner:
             # Keys first: a missing one must fail before anything is sent or written.
             for provider in plan.providers.values():
                 if provider.kind == "local":
-                    raise RunError(f"provider '{provider.name}' is of kind local: the "
-                                   "embedded model is not available in this version of moac")
+                    # The model file and llama.cpp must be there before anything starts;
+                    # the error names the install command.
+                    from moac.providers.local import check_local
+                    for model in plan.models.values():
+                        if model.provider == provider.name:
+                            check_local(provider, model)
+                    continue
                 self.keys[provider.name] = resolve_api_key(provider, environ)
         self.session = None
+        self.local_servers = None  # moac.providers.local.LocalServers, started on first use
         self.trace: TraceWriter | None = None
         self.executor: Executor | None = None
 
     async def __aenter__(self) -> "Runner":
         if self._given_clients is None:
             self.session = make_session(self.plan.providers.values())
-            clients = {
-                name: OpenAICompatibleClient(
-                    self.session, provider, self.keys[name], sleep=retry_sleep,
-                    # A limiter of its own: pacing sleeps must not reach retry_sleep.
-                    limiter=ProviderLimiter(provider.name, provider.parallel, provider.rpm))
-                for name, provider in self.plan.providers.items()}
+            clients: dict[str, ChatClient] = {}
+            for name, provider in self.plan.providers.items():
+                # A limiter of its own: pacing sleeps must not reach retry_sleep.
+                limiter = ProviderLimiter(provider.name, provider.parallel, provider.rpm)
+                if provider.kind == "local":
+                    from moac.providers.local import LocalClient, LocalServers
+                    if self.local_servers is None:
+                        self.local_servers = LocalServers()
+                    clients[name] = LocalClient(provider, self.plan.models.values(),
+                                                self.local_servers, limiter=limiter,
+                                                sleep=retry_sleep)
+                else:
+                    clients[name] = OpenAICompatibleClient(
+                        self.session, provider, self.keys[name], sleep=retry_sleep,
+                        limiter=limiter)
         else:
             clients = dict(self._given_clients)
         try:
+            if self.local_servers is not None:
+                # Start llama.cpp now: a bad model file fails the run once, not each agent,
+                # and its start-up (which holds the GIL) does not land mid-run.
+                await self.local_servers.start_all(self.plan.providers,
+                                                   self.plan.models.values())
             if self.trace_path:
                 self.trace = TraceWriter(self.trace_path)
                 self.trace.write(self.header())
@@ -315,6 +335,9 @@ class Runner:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self.local_servers is not None:
+            await self.local_servers.aclose()  # stops llama.cpp, also on Ctrl-C
+            self.local_servers = None
         if self.session is not None:
             await self.session.close()
             self.session = None
