@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from moac import ast, constants
 from moac.checks.state import CheckState
-from moac.checks.values import Reader
+from moac.checks.values import Reader, read_each
 from moac.spec import BudgetSpec, ModelSpec, ProviderSpec
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -23,13 +23,11 @@ BUDGET_KEYS = ("max_usd", "max_latency", "max_tflops", "mode")
 
 
 def read_providers(state: CheckState) -> None:
-    for name, declared in state.providers.items():
-        spec = _read_provider(Reader(state, declared.path), declared.node)
-        if spec is not None:
-            state.provider_specs[name] = spec
+    read_each(state, state.providers, _read_provider, state.provider_specs)
 
 
-def _read_provider(reader: Reader, node: ast.Provider) -> ProviderSpec | None:
+def _read_provider(state: CheckState, reader: Reader, node: ast.Provider
+                   ) -> ProviderSpec | None:
     what = f"provider '{node.name.name}'"
     settings = reader.settings(node.settings, PROVIDER_KEYS, what)
     values = {k: reader.single(s) for k, s in settings.items()}
@@ -130,16 +128,14 @@ def _read_env(reader: Reader, value: ast.Value) -> str | None:
         return value.var.name
     # Never echo the value: it may be a real key pasted into the file.
     reader.report("E601", "api_key must name an environment variable, not hold a value",
-                  value.span, redact=True, hint="write `api_key = env MY_API_KEY` and export MY_API_KEY; "
-                                   "if a real key was here, revoke it")
+                  value.span, redact=True,
+                  hint="write `api_key = env MY_API_KEY` and export MY_API_KEY; if a real key "
+                       "was here, revoke it")
     return None
 
 
 def read_models(state: CheckState) -> None:
-    for name, declared in state.models.items():
-        spec = _read_model(state, Reader(state, declared.path), declared.node)
-        if spec is not None:
-            state.model_specs[name] = spec
+    read_each(state, state.models, _read_model, state.model_specs)
 
 
 def _read_model(state: CheckState, reader: Reader, node: ast.Model) -> ModelSpec | None:

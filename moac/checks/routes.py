@@ -5,7 +5,7 @@ from __future__ import annotations
 from moac import ast
 from moac.checks.catalog import read_budget_settings
 from moac.checks.state import CheckState, suggest
-from moac.checks.values import Reader
+from moac.checks.values import Reader, read_each
 from moac.spec import RouteSpec
 
 POLICIES = ("budget", "preroute", "agreement", "learned")
@@ -13,10 +13,7 @@ ROUTE_KEYS = ("candidates", "policy", "agreement", "usd_per_point", "share")
 
 
 def read_routes(state: CheckState) -> None:
-    for name, declared in state.routes.items():
-        spec = _read_route(state, Reader(state, declared.path), declared.node)
-        if spec is not None:
-            state.route_specs[name] = spec
+    read_each(state, state.routes, _read_route, state.route_specs)
 
 
 def _read_route(state: CheckState, reader: Reader, node: ast.Route) -> RouteSpec | None:

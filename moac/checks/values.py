@@ -211,3 +211,12 @@ def _unit_hint(value: ast.Quantity, kind: str) -> str | None:
 
 
 Check = Callable[[CheckState], None]
+
+
+def read_each(state: CheckState, declarations: dict, read: Callable, specs: dict) -> None:
+    """``specs[name] = read(state, reader, node)`` for every declaration that reads cleanly
+    (``read`` returns None after reporting what is wrong)."""
+    for name, declared in declarations.items():
+        spec = read(state, Reader(state, declared.path), declared.node)
+        if spec is not None:
+            specs[name] = spec
