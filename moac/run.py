@@ -463,10 +463,16 @@ class Runner:
                 if progress is not None:
                     progress(state)
 
+        workers = [asyncio.ensure_future(worker())
+                   for _ in range(max(1, min(concurrency, len(todo) or 1)))]
         try:
-            await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency,
-                                                                      len(todo) or 1)))))
+            await asyncio.gather(*workers)
         finally:
+            # One worker failing (a full disk) must not leave the others writing to a file
+            # about to be closed and compacted: stop them all first.
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             out.close()
             compact_answers(out_path, items)
         return state
