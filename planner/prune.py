@@ -68,6 +68,15 @@ def prune(plan: "Plan", budget: BudgetSpec | None = None, *,
     return pruned
 
 
+def _agent_name(layer: list, position: int) -> str:
+    """The model, told apart from its copies in the same layer by its seed or position."""
+    call = layer[position]
+    if sum(1 for other in layer if other.model == call.model) == 1:
+        return call.model
+    seed = call.sampling.seed
+    return f"{call.model} ({f'seed {seed}' if seed is not None else f'#{position + 1}'})"
+
+
 def steps(plan: "Plan", choice: Choice) -> list[tuple[str, Choice]]:
     """The path from the declared plan to ``choice``: (what changed, the choice after it)."""
     layers = intermediate(plan)
@@ -82,7 +91,7 @@ def steps(plan: "Plan", choice: Choice) -> list[tuple[str, Choice]]:
         for position in range(len(layers[index])):
             if kept and position not in kept:
                 keep[index].remove(position)
-                path.append((f"dropped {layers[index][position].model} from layer "
+                path.append((f"dropped {_agent_name(layers[index], position)} from layer "
                              f"{plan.layers[index].name}", _choice(keep)))
     if choice.use_fallback:
         aggregator, fallback = final_calls(plan)
