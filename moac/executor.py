@@ -46,7 +46,7 @@ import contextvars
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from moac.constants import (
@@ -57,6 +57,8 @@ from moac.prompts import estimate_tokens, input_tokens, render_template
 from moac.providers.errors import MalformedResponse, ProviderError
 from moac.providers.openai import Attempt, CallResult, ChatRequest
 from moac.spec import BudgetSpec, ModelSpec
+from moac.ledger import BudgetLedger, BudgetRefused  # noqa: F401 (part of the executor API)
+from moac.outcomes import CallOutcome, QueryFailed, QueryResult  # noqa: F401 (likewise)
 from moac.trace import CallRecord, QueryRecord, SkippedNode, TraceWriter
 
 Messages = Sequence[Mapping[str, Any]]
@@ -80,122 +82,6 @@ class BudgetStop(ProviderError):
     """A retry that the budget has no room for (raised by :func:`retry_sleep`)."""
 
 
-# --- budget ----------------------------------------------------------------------------------
-
-
-class BudgetLedger:
-    """Dollars (and TFLOPs) spent and held against limits.
-
-    A query's ledger may sit inside its run's (``parent``). The run holds, for each query,
-    ``max(prepaid, spent + held) - spent``: what the query was admitted with (its worst case,
-    :meth:`admit`) until its own spending and holds outgrow that. So a call inside its
-    query's admission needs nothing more from the run, and a call past it (a retry, or a
-    prompt denser than forecast) is checked against the run as well. Everything here is
-    synchronous: on one event loop a check-then-hold cannot interleave with another's."""
-
-    def __init__(self, max_usd: float | None = None, max_tflops: float | None = None, *,
-                 parent: "BudgetLedger | None" = None, name: str = "query",
-                 label: str = "max_usd"):
-        self.max_usd = max_usd
-        self.max_tflops = max_tflops
-        self.parent = parent
-        self.name = name
-        self.label = label
-        self.spent_usd = self.reserved_usd = 0.0
-        self.spent_tflops = self.reserved_tflops = 0.0
-        self.prepaid = 0.0
-        self.refused = 0  # holds refused so far (a run counts its queries' refusals too)
-        self._parent_hold = 0.0
-        self._parent_spent = 0.0
-
-    def headroom_usd(self) -> float:
-        own = float("inf") if self.max_usd is None else \
-            self.max_usd - self.spent_usd - self.reserved_usd
-        return min(own, self.parent.headroom_usd()) if self.parent else own
-
-    def reserve(self, usd: float, tflops: float = 0.0) -> str | None:
-        """Hold ``usd``/``tflops`` and return None, or hold nothing and say why not."""
-        why = self._refusal(usd, tflops)
-        if why is None and self.parent is not None:
-            extra = self._hold_at_parent(self.reserved_usd + usd) - self._parent_hold
-            why = self.parent._refusal(extra, 0.0)
-            if why is not None:
-                self.parent.refused += 1
-        if why is not None:
-            self.refused += 1
-            return why
-        self.reserved_usd += usd
-        self.reserved_tflops += tflops
-        self._sync()
-        return None
-
-    def settle(self, held_usd: float, held_tflops: float, spent_usd: float,
-               spent_tflops: float) -> None:
-        """Release a hold and book what was really spent."""
-        self.reserved_usd -= held_usd
-        self.reserved_tflops -= held_tflops
-        self.spent_usd += spent_usd
-        self.spent_tflops += spent_tflops
-        self._sync()
-
-    def admit(self, usd: float) -> str | None:
-        """Have the parent hold ``usd`` (a query's worst case) up front, or say why not."""
-        if self.parent is None:
-            return None
-        usd = min(usd, self.max_usd) if self.max_usd is not None else usd
-        why = self.parent._refusal(usd - self._parent_hold, 0.0, what="this query's")
-        if why is not None:
-            self.parent.refused += 1
-            return why
-        self.prepaid = usd
-        self._sync()
-        return None
-
-    def close(self) -> None:
-        """The query is over: the parent stops holding anything for it."""
-        self.prepaid = 0.0
-        self._sync()
-
-    def _hold_at_parent(self, reserved: float) -> float:
-        return max(self.prepaid, self.spent_usd + reserved) - self.spent_usd
-
-    def _sync(self) -> None:
-        if self.parent is None:
-            return
-        hold = self._hold_at_parent(self.reserved_usd)
-        self.parent._book(hold - self._parent_hold, self.spent_usd - self._parent_spent)
-        self._parent_hold, self._parent_spent = hold, self.spent_usd
-
-    def _book(self, held: float, spent: float) -> None:
-        self.reserved_usd += held
-        self.spent_usd += spent
-        if self.parent is not None:
-            self._sync()
-
-    def _refusal(self, usd: float, tflops: float, what: str = "its") -> str | None:
-        if self.max_usd is not None and \
-                self.spent_usd + self.reserved_usd + usd > self.max_usd * (1 + 1e-9):
-            return (f"budget: {what} worst case ${usd:.4f} would take the {self.name} past "
-                    f"its {self.label} ${self.max_usd:.4f} (${self.spent_usd:.4f} spent, "
-                    f"${self.reserved_usd:.4f} held for calls in flight)")
-        if self.max_tflops is not None and \
-                self.spent_tflops + self.reserved_tflops + tflops > self.max_tflops * (1 + 1e-9):
-            return (f"budget: {what} worst case {tflops:,.1f} TFLOPs would take the "
-                    f"{self.name} past its max_tflops {self.max_tflops:,.1f} "
-                    f"({self.spent_tflops:,.1f} spent, {self.reserved_tflops:,.1f} held for "
-                    "calls in flight)")
-        return None
-
-
-class BudgetRefused(Exception):
-    """The run's ledger cannot admit a query's worst case (raised by :meth:`Executor.run`
-    with ``admission="raise"``)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
-
-
 # --- retries under the budget ------------------------------------------------------------------
 
 _CURRENT_CALL: contextvars.ContextVar["_Call | None"] = contextvars.ContextVar(
@@ -214,79 +100,6 @@ async def retry_sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
     if call is not None:
         call.reserve_retry()
-
-
-# --- results -----------------------------------------------------------------------------------
-
-
-@dataclass
-class CallOutcome:
-    node: str
-    status: str  # ok | failed | cancelled | skipped
-    text: str | None = None
-    error: str | None = None
-    attempts: int = 0
-    cost_usd: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    tflops: float = 0.0
-    started: float = 0.0
-    ended: float = 0.0
-    finish_reason: str | None = None
-    answer_tokens: int | None = None  # the answer's length as its provider reported it
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-class QueryFailed(Exception):
-    """Raised by :meth:`QueryResult.raise_for_status`: every error of a failed query."""
-
-    def __init__(self, query_id: str, errors: list[str]):
-        self.query_id = query_id
-        self.errors = errors
-        super().__init__(f"query {query_id} failed: " + "; ".join(errors))
-
-
-@dataclass
-class QueryResult:
-    query_id: str
-    status: str  # ok | failed | cancelled
-    answer: str | None
-    answered_by: str | None
-    cost_usd: float
-    prompt_tokens: int
-    completion_tokens: int
-    tflops: float
-    latency_s: float
-    critical_path: list[str]
-    critical_path_s: float
-    calls: list[CallOutcome] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    skipped: list[SkippedNode] = field(default_factory=list)
-    estimate: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def failures(self) -> int:
-        return sum(1 for call in self.calls if call.status in ("failed", "cancelled"))
-
-    @property
-    def attempts(self) -> int:
-        return sum(call.attempts for call in self.calls)
-
-    @property
-    def started_calls(self) -> int:
-        return sum(1 for call in self.calls if call.status != "skipped")
-
-    def raise_for_status(self) -> "QueryResult":
-        if not self.ok:
-            raise QueryFailed(self.query_id, self.errors)
-        return self
 
 
 # --- the executor ------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""What running a plan produces: one :class:`CallOutcome` per call, one
+:class:`QueryResult` per query, and :class:`QueryFailed`, which a failed result raises
+when asked to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from moac.trace import SkippedNode
+
+
+@dataclass
+class CallOutcome:
+    node: str
+    status: str  # ok | failed | cancelled | skipped
+    text: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tflops: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
+    finish_reason: str | None = None
+    answer_tokens: int | None = None  # the answer's length as its provider reported it
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class QueryFailed(Exception):
+    """Raised by :meth:`QueryResult.raise_for_status`: every error of a failed query."""
+
+    def __init__(self, query_id: str, errors: list[str]):
+        self.query_id = query_id
+        self.errors = errors
+        super().__init__(f"query {query_id} failed: " + "; ".join(errors))
+
+
+@dataclass
+class QueryResult:
+    query_id: str
+    status: str  # ok | failed | cancelled
+    answer: str | None
+    answered_by: str | None
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    tflops: float
+    latency_s: float
+    critical_path: list[str]
+    critical_path_s: float
+    calls: list[CallOutcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: list[SkippedNode] = field(default_factory=list)
+    estimate: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for call in self.calls if call.status in ("failed", "cancelled"))
+
+    @property
+    def attempts(self) -> int:
+        return sum(call.attempts for call in self.calls)
+
+    @property
+    def started_calls(self) -> int:
+        return sum(1 for call in self.calls if call.status != "skipped")
+
+    def raise_for_status(self) -> "QueryResult":
+        if not self.ok:
+            raise QueryFailed(self.query_id, self.errors)
+        return self
