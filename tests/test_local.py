@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from moac.providers import local
+from moac.providers import local, local_model
 from moac.providers.errors import ProviderError
 from moac.providers.local import (
     INSTALL_MODEL, INSTALL_RUNTIME, LocalClient, LocalModelMissing, LocalRuntimeMissing,
@@ -105,7 +105,7 @@ def test_missing_default_model_names_the_install_command(no_default_model):
 
 
 def test_missing_runtime_and_model_name_both_commands(no_default_model, monkeypatch):
-    monkeypatch.setattr(local, "runtime_installed", lambda: False)
+    monkeypatch.setattr(local_model, "runtime_installed", lambda: False)
     with pytest.raises(LocalRuntimeMissing) as caught:
         check_local(provider(), model())
     message = str(caught.value)
@@ -116,7 +116,7 @@ def test_missing_runtime_and_model_name_both_commands(no_default_model, monkeypa
 def test_missing_runtime_alone_names_its_command(tmp_path, monkeypatch):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    monkeypatch.setattr(local, "runtime_installed", lambda: False)
+    monkeypatch.setattr(local_model, "runtime_installed", lambda: False)
     with pytest.raises(LocalRuntimeMissing) as caught:
         check_local(provider(model_path=str(gguf)), model())
     assert "`pip install xllamacpp`" in str(caught.value)
@@ -148,7 +148,7 @@ def test_a_model_id_may_be_a_gguf_path(tmp_path, monkeypatch):
     with pytest.raises(LocalModelMissing, match="does not exist"):
         resolve_gguf(provider(), model(str(tmp_path / "missing.gguf")))
     # Any other model id runs the default model.
-    monkeypatch.setattr(local, "find_default_gguf", lambda: gguf)
+    monkeypatch.setattr(local_model, "find_default_gguf", lambda: gguf)
     assert resolve_gguf(provider(), model("HuggingFaceTB/SmolLM2-135M-Instruct")) == gguf
 
 
