@@ -50,10 +50,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from moac.constants import (
-    BUDGET_TOKEN_MARGIN, DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S, TOKENS_PER_MESSAGE,
+    BUDGET_TOKEN_MARGIN, DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S,
 )
 from moac.ir import CallNode, LayerInfo, Plan
-from moac.prompts import estimate_tokens, input_tokens, render_template
+from moac.prompts import estimate_tokens, input_tokens, messages_tokens, render_template
 from moac.providers.errors import MalformedResponse, ProviderError
 from moac.providers.openai import Attempt, CallResult, ChatRequest
 from moac.spec import BudgetSpec, ModelSpec
@@ -161,7 +161,7 @@ class Executor:
         after its aggregator wrote all of its own and failed), prompts counted with the
         :data:`~moac.constants.BUDGET_TOKEN_MARGIN`, one attempt per call: what a run
         admits a query with."""
-        prompt = _history_tokens(history)
+        prompt = messages_tokens(history)
         written: dict[str, int] = {}
         total = 0.0
         for node_id, node in self.nodes.items():
@@ -201,11 +201,6 @@ class Executor:
             raise
         finally:
             timer.cancel()
-
-
-def _history_tokens(history: Messages) -> int:
-    return sum(estimate_tokens(c if isinstance(c := m.get("content"), str) else str(c))
-               + TOKENS_PER_MESSAGE for m in history)
 
 
 def _planner_estimate():
@@ -400,7 +395,7 @@ class _Query:
             status = "ok" if answer is not None else "failed"
         critical = sum(self.outcomes[n].ended - self.outcomes[n].started for n in path
                        if n in self.outcomes)
-        prompt_tokens = _history_tokens(self.history)
+        prompt_tokens = messages_tokens(self.history)
         self.ledger.close()
         result = QueryResult(
             query_id=self.query_id, status=status, answer=answer, answered_by=answered_by,

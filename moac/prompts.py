@@ -6,8 +6,10 @@ A literal brace is written ``{{`` or ``}}``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from typing import Any, Iterable, Mapping
 
 from moac.constants import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE
 
@@ -63,3 +65,10 @@ def input_tokens(prompt_tokens: int, *, system: str | None = None, template: str
     if template is not None:
         total += sum(answers) + _TOKENS_PER_NUMBERED_ANSWER * len(answers)
     return total
+
+
+def messages_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """A chat's tokens estimated from its text, with each message's template overhead.
+    Non-text content (a list of parts) is counted as the JSON it is sent as."""
+    return sum(estimate_tokens(c if isinstance(c := m.get("content"), str) else json.dumps(c))
+               + TOKENS_PER_MESSAGE for m in messages)

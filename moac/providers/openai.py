@@ -40,9 +40,9 @@ import aiohttp
 from pydantic import SecretStr
 
 from moac.constants import (
-    DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S, DEFAULT_TIMEOUT_S, TOKENS_PER_MESSAGE,
+    DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S, DEFAULT_TIMEOUT_S,
 )
-from moac.prompts import estimate_tokens
+from moac.prompts import estimate_tokens, messages_tokens
 from moac.providers.constants import (
     DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
 )
@@ -91,8 +91,7 @@ class ChatRequest:
         return json.dumps(payload, ensure_ascii=False).encode()
 
     def estimated_prompt_tokens(self) -> int:
-        return sum(estimate_tokens(c if isinstance(c := m.get("content"), str) else json.dumps(c))
-                   + TOKENS_PER_MESSAGE for m in self.messages)
+        return messages_tokens(self.messages)
 
 
 @dataclass(slots=True)
