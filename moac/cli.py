@@ -130,9 +130,10 @@ def cmd_check(args) -> int:
 
 def cmd_compile(args) -> int:
     from moac.compiler import compile_file
+    from moac.spec import RouteSpec
     program = compile_file(_existing(args.file))
     selected = program.select(args.pipeline)
-    if selected.__class__.__name__ == "RouteSpec":
+    if isinstance(selected, RouteSpec):
         if _budget_override(args) is not None:
             raise UsageError(f"budget flags prune a pipeline; '{selected.name}' is a route "
                              "(compile one of its candidates with --pipeline)")
@@ -258,9 +259,10 @@ def cmd_run(args) -> int:
     from moac.constants import DEFAULT_RUN_CONCURRENCY
     from moac.providers.errors import MissingApiKey, ProviderError
     from moac.run import RunError, Runner, default_answers_path, load_prompts
+    from moac.spec import RouteSpec
     program = compile_file(_existing(args.file))
     selected = program.select(args.pipeline)
-    if selected.__class__.__name__ == "RouteSpec":
+    if isinstance(selected, RouteSpec):
         raise UsageError(f"'{selected.name}' is a route; this version of moac runs "
                          f"pipelines: choose one of {', '.join(selected.candidates)} "
                          "with --pipeline")
@@ -269,11 +271,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"--concurrency expects a positive whole number, got {concurrency}")
     total = None
     if args.max_usd_total is not None:
-        try:
-            total = _amount(args.max_usd_total, "--max-usd-total", prefix="$")
-        except UsageError:
-            raise UsageError("--max-usd-total expects a non-negative number like $5 or 5, "
-                             f"got '{args.max_usd_total}'") from None
+        total = _amount(args.max_usd_total, "--max-usd-total", prefix="$")
     plan = _pruned_to_budget(program.plan(selected.name, _budget_override(args)))
     if plan is None:
         return EXIT_PROBLEMS
@@ -440,7 +438,8 @@ def _amount(text: str, flag: str, prefix: str = "", suffix: str = "") -> float:
     except ValueError:
         value = float("nan")
     if not (0 <= value < float("inf")):
-        example = {"--max-usd": "$0.05", "--max-tflops": "5000"}.get(flag, "30")
+        example = {"--max-usd": "$0.05", "--max-usd-total": "$5",
+                   "--max-tflops": "5000"}.get(flag, "30")
         raise UsageError(f"{flag} expects a non-negative number like {example}, got '{text}'")
     return value
 
