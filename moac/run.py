@@ -47,7 +47,9 @@ from moac.ir import Plan
 from moac.providers.errors import MissingApiKey, ProviderError
 from moac.providers.limits import ProviderLimiter
 from moac.providers.openai import OpenAICompatibleClient, make_session, resolve_api_key
-from moac.trace import RunHeader, TraceWriter, jsonl_safe, price_table_sha256, sha256_file
+from moac.trace import (
+    RunHeader, TraceWriter, jsonl_safe, price_table_sha256, read_jsonl, sha256_file,
+)
 
 
 class RunError(Exception):
@@ -129,18 +131,9 @@ _ANSWER_FIELDS = ("id", "output", "choices", "generator", "model_id", "status", 
 
 def read_answers(path: str) -> list[dict]:
     """Every well-formed line of an answers file (a torn last line is skipped)."""
-    rows = []
     if not os.path.exists(path):
-        return rows
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "id" in row:
-                rows.append(row)
-    return rows
+        return []
+    return [row for row in read_jsonl(path) if "id" in row]
 
 
 def answered(rows: Iterable[dict], items: Iterable[PromptItem]) -> set[str]:
@@ -167,10 +160,9 @@ def compact_answers(path: str, items: Sequence[PromptItem]) -> None:
     wanted = [item.id for item in items if item.id in best]
     rest = [key for key in order if key not in set(wanted)]
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with open(temporary, "wb") as handle:
         for key in wanted + rest:
-            handle.write(json.dumps(best[key], ensure_ascii=False)
-                         .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n")
+            handle.write(jsonl_safe(json.dumps(best[key], ensure_ascii=False).encode()) + b"\n")
     os.replace(temporary, path)
 
 

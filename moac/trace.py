@@ -170,6 +170,12 @@ def _ends_with_newline(path: str) -> bool:
 
 def read_trace(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a trace file; a torn line (a killed run) is skipped."""
+    return read_jsonl(path)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one a line; blank lines, torn lines (a killed
+    writer's) and lines that are not objects are skipped."""
     records = []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
