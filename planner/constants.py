@@ -6,12 +6,8 @@ formula and the published points they reproduce.
 
 from __future__ import annotations
 
-# --- units -----------------------------------------------------------------------------
-# TFLOPs = 2 x active parameters x tokens. Parameters are stored in billions (1e9), a TFLOP
-# is 1e12 FLOPs, so 2 * params_b * 1e9 * tokens / 1e12 = 2 * params_b * tokens / 1000.
-FLOPS_PER_PARAM_TOKEN = 2.0
-TFLOPS_PER_BILLION_PARAM_TOKENS = 1e9 / 1e12
-USD_PER_M = 1e-6  # prices are per million tokens
+# Dollars and TFLOPs of a call come from ModelSpec.usd and ModelSpec.tflops (moac/spec.py):
+# TFLOPs = 2 x active parameters x tokens.
 
 # --- quality model (planner.quality.MoaQualityModel) -------------------------------------
 # Fitted (minimax, then rounded) to the nine published MoA points of Wang et al. 2024

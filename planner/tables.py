@@ -73,8 +73,6 @@ class LayerTable:
 def agents_of(plan: "Plan", calls: list["CallNode"], prompt_tokens: int, mode: Mode,
               quality: MoaQualityModel) -> Agents:
     models = [plan.models[c.model] for c in calls]
-    per_m = k.USD_PER_M
-    tflops_per_token = k.FLOPS_PER_PARAM_TOKEN * k.TFLOPS_PER_BILLION_PARAM_TOKENS
     providers: dict[str, list[int]] = {}
     for i, call in enumerate(calls):
         providers.setdefault(call.provider, []).append(i)
@@ -85,9 +83,10 @@ def agents_of(plan: "Plan", calls: list["CallNode"], prompt_tokens: int, mode: M
         base_next=np.array([input_tokens(prompt_tokens, system=c.system,
                                          template=c.prompt or template) for c in calls], float),
         out=np.array([output_tokens(m, c.sampling, mode) for m, c in zip(models, calls)], float),
-        pin=np.array([m.usd_per_m_input * per_m for m in models]),
-        pout=np.array([m.usd_per_m_output * per_m for m in models]),
-        act=np.array([m.active_params_b * tflops_per_token for m in models]),
+        # Per-token rates from the one cost formula (ModelSpec.usd, ModelSpec.tflops).
+        pin=np.array([m.usd(1, 0) for m in models]),
+        pout=np.array([m.usd(0, 1) for m in models]),
+        act=np.array([m.tflops(1) for m in models]),
         ttft=np.array([m.ttft_s for m in models]),
         prefill=np.array([m.prefill_tokens_per_s for m in models]),
         rate=np.array([m.output_tokens_per_s for m in models]),
