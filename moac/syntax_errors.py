@@ -119,14 +119,16 @@ def _hint_for_character(char: str) -> str | None:
     return None
 
 
-_KEYWORDS = frozenset({"import", "provider", "model", "pipeline", "route", "budget", "from",
+# The keywords that begin a declaration or a pipeline statement (not `x` or `env`, which
+# sit inside one): meeting one where a bracket should close means the bracket never did.
+_STATEMENT_KEYWORDS = frozenset({"import", "provider", "model", "pipeline", "route", "budget", "from",
                        "layer", "aggregate", "fallback", "without"})
 
 
 def _hint_for_token(token: Token, expected) -> str | None:
     # A keyword or a brace where a bracket should close: `[a, b` ran on to the next line.
     # (Keywords arrive as NAME where they are not expected: NAME is lexed everywhere.)
-    if str(token) in _KEYWORDS or token.type in ("LBRACE", "RBRACE"):
+    if str(token) in _STATEMENT_KEYWORDS or token.type in ("LBRACE", "RBRACE"):
         for closer, shown in (("RSQB", "]"), ("RPAR", ")")):
             if closer in expected:
                 return f"is a '{shown}' missing before it?"
