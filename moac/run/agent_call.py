@@ -1,6 +1,6 @@
 """One agent call of a query: its budget hold, its attempts, their trace lines, its outcome.
 
-:class:`AgentCall` is the executor's worker for a single node (see :mod:`moac.executor` for the
+:class:`AgentCall` is the executor's worker for a single node (see :mod:`moac.run.executor` for the
 contract it keeps); :func:`retry_sleep` is the backoff sleep that lets a retry be budgeted.
 """
 
@@ -8,18 +8,45 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol
 
 from moac.constants import BUDGET_TOKEN_MARGIN
-from moac.outcomes import CallOutcome
-from moac.prompts import estimate_tokens, render_template
+from moac.ir.plan import CallNode
+from moac.ir.prompts import estimate_tokens, render_template
+from moac.ir.spec import ModelSpec
 from moac.providers.errors import MalformedResponse, ProviderError
 from moac.providers.openai import Attempt, ChatRequest
-from moac.spec import ModelSpec
+from moac.run.ledger import BudgetLedger
+from moac.run.outcomes import CallOutcome
 
-if TYPE_CHECKING:
-    from moac.executor import _Node, _Query
+
+@dataclass(frozen=True)
+class Node:
+    """What a call needs, looked up once per plan rather than once per query."""
+    call: CallNode
+    model: ModelSpec
+    inputs: tuple[str, ...]
+    final: bool
+    occurrence: int = 0  # earlier nodes of its stage that send the very same request
+
+
+class QueryState(Protocol):
+    """What a call reads and writes of the query it belongs to (the executor's query)."""
+    x: Any                               # the Executor: clock, clients
+    history: list[dict]
+    deadline: float
+    limit_s: float
+    expired: bool
+    ledger: BudgetLedger
+    outcomes: dict[str, CallOutcome]
+    clamped: dict[str, int]
+    on_delta: Callable[[str], None] | None
+    on_restart: Callable[[str, str], None] | None
+
+    def skip(self, node: str, reason: str, *, cause: bool = True) -> CallOutcome: ...
+
+    def write_call(self, call: CallNode, *, attempt: int, status: str, **fields: Any) -> None: ...
 
 
 def attempt_cost(model: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float:
@@ -61,7 +88,7 @@ class AgentCall:
     __slots__ = ("q", "node", "call", "model", "outcome", "held_usd", "held_tflops",
                  "worst_usd", "worst_tflops", "pending", "emitted", "token")
 
-    def __init__(self, query: "_Query", node: "_Node"):
+    def __init__(self, query: QueryState, node: Node):
         self.q = query
         self.node = node
         self.call = node.call

@@ -48,21 +48,20 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from moac.constants import (
     BUDGET_TOKEN_MARGIN, DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S,
 )
 from moac.ir import CallNode, LayerInfo, Plan
-from moac.prompts import estimate_tokens, input_tokens, messages_tokens
+from moac.ir.prompts import estimate_tokens, input_tokens, messages_tokens
 from moac.providers.openai import Attempt, CallResult, ChatRequest
-from moac.spec import BudgetSpec, ModelSpec
-from moac.ledger import BudgetLedger, BudgetRefused  # noqa: F401 (part of the executor API)
-from moac.outcomes import CallOutcome, QueryFailed, QueryResult  # noqa: F401 (likewise)
-from moac.trace import CallRecord, QueryRecord, SkippedNode, TraceWriter
-from moac.agent_call import (  # noqa: F401 (retry_sleep and BudgetStop: part of the API)
-    AgentCall, BudgetStop, attempt_cost, retry_sleep,
+from moac.ir.spec import BudgetSpec, ModelSpec
+from moac.run.ledger import BudgetLedger, BudgetRefused  # noqa: F401 (part of the executor API)
+from moac.run.outcomes import CallOutcome, QueryFailed, QueryResult  # noqa: F401 (likewise)
+from moac.traces.trace import CallRecord, QueryRecord, SkippedNode, TraceWriter
+from moac.run.agent_call import (  # noqa: F401 (retry_sleep and BudgetStop: part of the API)
+    AgentCall, BudgetStop, Node, attempt_cost, retry_sleep,
 )
 
 Messages = Sequence[Mapping[str, Any]]
@@ -75,16 +74,6 @@ class ChatClient(Protocol):
 
 
 # --- the executor ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Node:
-    """What a call needs, looked up once per plan rather than once per query."""
-    call: CallNode
-    model: ModelSpec
-    inputs: tuple[str, ...]
-    final: bool
-    occurrence: int = 0  # earlier nodes of its stage that send the very same request
 
 
 class Executor:
@@ -120,7 +109,7 @@ class Executor:
                 call = plan.call(n)
                 model = plan.models[call.model]
                 same = (call.provider, model.model_id, call.sampling, call.system, call.prompt)
-                self.nodes[n] = _Node(call, model, tuple(plan.inputs(n)), n in final,
+                self.nodes[n] = Node(call, model, tuple(plan.inputs(n)), n in final,
                                       seen[same])
                 seen[same] += 1
         self._estimate = _planner_estimate() if estimates else None
