@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import moac  # noqa: E402
-from moac.parser import parse  # noqa: E402
+from moac.lang.parser import parse  # noqa: E402
 
 
 def best_of(repeat: int, action) -> float:

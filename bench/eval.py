@@ -3,8 +3,8 @@ asserts nothing.
 
     python bench/eval.py [--limit N] [--concurrency 32] [--workdir DIR]
 
-Answers: the replay provider (moac/replay.py, a process of its own) answers every call with
-the model's RECORDED AlpacaEval answer (/work/shared/data/alpaca_eval/model_outputs), so
+Answers: the replay provider (moac/evaluation/replay.py, a process of its own) answers every call with
+the model's RECORDED AlpacaEval answer (../shared/data/alpaca_eval/model_outputs beside the checkout), so
 lengths are real. Pipelines: bench/route.py's moa5 and lite5 (five recorded proposers; an
 aggregator's answer is its own recorded answer, so moa5 answers as single:qwen110 does and
 lite5 as single:qwen72), and every recorded model alone (single:MODEL), GPT-4 Turbo included:
@@ -18,7 +18,7 @@ one 0.1, so the raw win rate is ~10 + 80 x (share of answers longer than the ref
 while a length-free judge would put every pipeline at 50. The LC win rate (AlpacaEval 2.0's
 logistic model read at zero length difference) should sit near 50 for every pipeline.
 
-The path is the real one: `moac.cli.main(["eval", ...])` over HTTP, three times:
+The path is the real one: `moac.cli.main.main(["eval", ...])` over HTTP, three times:
 (1) with --record CACHE into a fresh report directory, (2) the same command again (a resume:
 it should send nothing), (3) with --replay CACHE into another fresh directory (nothing
 sent). Measured: wall time, calls per second of the answering and judging phases (spans of
@@ -113,7 +113,7 @@ def serve(kind: str) -> None:
     count (and misses); end at EOF."""
     async def main():
         if kind == "replay":
-            from moac.replay import ReplayServer
+            from moac.evaluation.replay import ReplayServer
             server = ReplayServer(DATA)
             count = lambda: f"{server.requests} {server.misses}"  # noqa: E731
         else:
@@ -192,7 +192,7 @@ def du(path: str) -> int:
 
 
 def eval_once(label, source, report, cache_flag, cache, args, replay, judge) -> dict:
-    from moac import cli
+    import moac.cli.main as cli
     before = replay.count()[0], judge.count()[0]
     argv = ["eval", source, "--pipelines", ",".join(PIPELINES), "--prompts", "alpaca_eval",
             "--judge", "long", "--report", report, "--concurrency", str(args.concurrency),
@@ -254,7 +254,7 @@ def main(args) -> None:
         replay.close()
         judge.close()
 
-    print("\nthe runs (moac.cli.main in this process; servers count what they received):")
+    print("\nthe runs (moac.cli.main.main in this process; servers count what they received):")
     print(f"  {'run':<9} {'exit':>4} {'wall s':>7} {'ans calls':>9} {'ans/s':>6} "
           f"{'judge calls':>11}"
           f" {'judge/s':>7} {'CPU s':>6} {'CPU ms/call':>11} {'peak RSS':>8} {'RSS after':>9}"

@@ -10,7 +10,7 @@ fixed latency, so that the CPU time measured here is the client's alone.
    and the aggregator): wall time against the critical path (the stages times the fixed
    latency), cold (new connections) and warm. Target: within 5% plus 20 ms.
 2. The 805 AlpacaEval instructions (``instruction`` fields of
-   /work/shared/data/alpaca_eval/model_outputs/gpt-4o-2024-05-13.json; 805 synthetic prompts
+   ../shared/data/alpaca_eval/model_outputs/gpt-4o-2024-05-13.json beside the checkout; 805 synthetic prompts
    if that file is missing) through MoA-Lite (7 calls each) at concurrency 64, answers and a
    trace written as `moac run --prompts` writes them: calls per second, client CPU
    milliseconds per call (``time.process_time``; target under 1 ms) and peak memory
@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import moac  # noqa: E402
 from moac.run import PromptItem, Runner  # noqa: E402
-from moac.spec import ProviderSpec  # noqa: E402
+from moac.ir.spec import ProviderSpec  # noqa: E402
 
-ALPACA = Path("/work/shared/data/alpaca_eval/model_outputs/gpt-4o-2024-05-13.json")
+ALPACA = ROOT.parent / "shared" / "data" / "alpaca_eval" / "model_outputs" / "gpt-4o-2024-05-13.json"
 KEY = "sk-bench-0000000000000000"
 ENV = {"FAKE_OPENAI_KEY": KEY}
 NINETEEN = """

@@ -37,7 +37,7 @@ from moac.providers.local import (  # noqa: E402
     LocalServer, find_default_gguf, make_local_session, threads_from_env,
 )
 from moac.providers.openai import ChatRequest, OpenAICompatibleClient  # noqa: E402
-from moac.spec import ProviderSpec, Sampling  # noqa: E402
+from moac.ir.spec import ProviderSpec, Sampling  # noqa: E402
 
 # Every prompt starts differently: llama.cpp reuses a slot's cached prompt prefix, which
 # would flatter the time to first token.

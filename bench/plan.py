@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import moac  # noqa: E402
-from moac.spec import BudgetSpec  # noqa: E402
+from moac.ir.spec import BudgetSpec  # noqa: E402
 from planner import estimate, frontier, optimize  # noqa: E402
 
 

@@ -3,9 +3,9 @@ it costs per query, against always-MoA and always-Lite. Prints figures, asserts 
 
     python bench/route.py [--limit N] [--concurrency 64]
 
-The replay provider (moac/replay.py, in a process of its own so that the client's CPU is not
+The replay provider (moac/evaluation/replay.py, in a process of its own so that the client's CPU is not
 mixed with the server's) answers every call with the model's RECORDED AlpacaEval answer
-(/work/shared/data/alpaca_eval/model_outputs; cut at max_tokens x 4 characters, usage =
+(../shared/data/alpaca_eval/model_outputs beside the checkout; cut at max_tokens x 4 characters, usage =
 characters / 4), so the dollars are those of real answer lengths at the catalogue's prices.
 
 The paper's WizardLM-2 has no recorded answers, and standing in another model's answers for it
@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 import moac  # noqa: E402
-from moac.prompts import messages_tokens  # noqa: E402
+from moac.ir.prompts import messages_tokens  # noqa: E402
 from moac.run import PromptItem, Runner  # noqa: E402
-from moac.trace import read_trace  # noqa: E402
+from moac.traces.trace import read_trace  # noqa: E402
 from planner.constants import DEFAULT_AGREEMENT_THRESHOLD  # noqa: E402
 from planner.preroute import default_model  # noqa: E402
 from planner.quality import MoaQualityModel  # noqa: E402
@@ -129,7 +129,7 @@ route pre {{
 
 def start_server() -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "moac.replay", "--port", "0", "--data-dir", str(DATA)],
+        [sys.executable, "-m", "moac.evaluation.replay", "--port", "0", "--data-dir", str(DATA)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     if "http://" not in line:

@@ -29,7 +29,7 @@ Which answer:
 Recorded answers are loaded lazily (a model's file on its first request, off the event loop)
 and cached per process: :func:`load_outputs` / :func:`load_file`.
 
-From a shell: ``python -m moac.replay --port 8000 [--data-dir DIR]``.
+From a shell: ``python -m moac.evaluation.replay --port 8000 [--data-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import asyncio
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,9 +63,23 @@ DEFAULT_MODELS: dict[str, str | None] = {
 }
 
 
+DATA_DIR_VARIABLE = "MOAC_ALPACA_EVAL_DIR"
+
+
 def default_data_dir() -> Path:
-    """``../shared/data/alpaca_eval`` beside the checkout."""
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
+    """Where recorded answers are when no folder is given: ``$MOAC_ALPACA_EVAL_DIR``, else
+    ``shared/data/alpaca_eval`` beside a source checkout of moac when that folder exists.
+    An installed moac has no such folder: :class:`FileNotFoundError` says what to pass."""
+    configured = os.environ.get(DATA_DIR_VARIABLE)
+    if configured:
+        return Path(configured)
+    # moac/evaluation/replay.py -> the checkout -> the folder beside it
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_eval"
+    if beside.is_dir():
+        return beside
+    raise FileNotFoundError(
+        "no recorded answers: pass the folder of AlpacaEval's model_outputs (--data-dir DIR, "
+        f"or ReplayServer(data_dir)) or set {DATA_DIR_VARIABLE}")
 
 
 def _outputs_dir(data_dir: str | Path) -> Path:
@@ -285,14 +300,18 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m moac.replay", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=None, help="alpaca_eval folder (default: beside the checkout)")
+    parser = argparse.ArgumentParser(prog="python -m moac.evaluation.replay", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=None,
+                        help=f"alpaca_eval folder (default: ${DATA_DIR_VARIABLE}, else "
+                             "shared/data/alpaca_eval beside a checkout, when it exists)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--fallback", default=None, help="a recorded model id answering for unrecorded models")
     args = parser.parse_args(argv)
     try:
         asyncio.run(_serve(args))
+    except FileNotFoundError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     except KeyboardInterrupt:
         pass
 
