@@ -8,7 +8,7 @@ Write pipelines of LLMs as ``.moa`` files; compile them to plans; run them.
 """
 
 from moac.compiler import Program, SelectionError, check_file, compile_file, compile_string
-from moac.diagnostics import Diagnostic, MoaError, MoaSemanticError, MoaSyntaxError, Span
+from moac.lang.diagnostics import Diagnostic, MoaError, MoaSemanticError, MoaSyntaxError, Span
 
 __version__ = "0.1.0"
 

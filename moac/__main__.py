@@ -1,3 +1,3 @@
-from moac.cli import run
+from moac.cli.main import run
 
 run()

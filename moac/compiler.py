@@ -3,8 +3,8 @@
     >>> program = compile_file("examples/moa.moa")
     >>> plan = program.plan("moa")
 
-Errors are raised as :class:`~moac.diagnostics.MoaSyntaxError` (some file does not parse)
-or :class:`~moac.diagnostics.MoaSemanticError` (it parses but is wrong), each carrying
+Errors are raised as :class:`~moac.lang.diagnostics.MoaSyntaxError` (some file does not parse)
+or :class:`~moac.lang.diagnostics.MoaSemanticError` (it parses but is wrong), each carrying
 every diagnostic found, with the source text attached for rendering.
 """
 
@@ -15,17 +15,17 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from moac import ast
+from moac.lang import ast
 from moac.checks import check
-from moac.diagnostics import Diagnostic, MoaError, MoaSemanticError, MoaSyntaxError
-from moac.loader import Workspace, load
-from moac.spec import (
+from moac.lang.diagnostics import Diagnostic, MoaError, MoaSemanticError, MoaSyntaxError
+from moac.lang.loader import Workspace, load
+from moac.ir.spec import (
     BudgetSpec, JudgeSpec, ModelSpec, PipelineSpec, ProviderSpec, QualitySpec, RouteSpec,
 )
 
 if TYPE_CHECKING:  # networkx costs ~100 ms to import; `moac check` never needs it
     from moac.ir import Plan, RoutePlan
-    from moac.spec import Sampling
+    from moac.ir.spec import Sampling
 
 
 class SelectionError(ValueError):
@@ -71,7 +71,7 @@ class Program:
 
     def plan(self, name: str | None = None, budget: BudgetSpec | None = None) -> "Plan":
         """The lowered plan of a pipeline; ``budget`` overrides the file's limits."""
-        from moac.lower import lower
+        from moac.ir.lower import lower
         selected = self.select(name)
         if isinstance(selected, RouteSpec):
             raise SelectionError(f"'{selected.name}' is a route; plan one of its candidates "
@@ -83,8 +83,8 @@ class Program:
                     budget: BudgetSpec | None = None) -> "Plan":
         """A plan of one call: ``model`` answering alone (``moac eval``'s ``single:MODEL``,
         a judge), named ``name``, under ``budget`` (default: the file's)."""
-        from moac.lower import lower
-        from moac.spec import AgentSpec
+        from moac.ir.lower import lower
+        from moac.ir.spec import AgentSpec
         spec = PipelineSpec(name=name, layers=(), path=self.root,
                             aggregator=AgentSpec(model=model, sampling=sampling))
         return lower(spec, self.models, self.providers, budget or self.budget,
@@ -94,7 +94,7 @@ class Program:
         """A route lowered: every candidate's plan under the route's per-query limits
         (the file's budget, then the route's own, then ``budget``, each overriding)."""
         from moac.ir import RoutePlan
-        from moac.lower import lower
+        from moac.ir.lower import lower
         route = self.routes[name]
         limits = self.budget.merged(route.budget).merged(budget)
         plans = {c: lower(self.pipelines[c], self.models, self.providers, limits,

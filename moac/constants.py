@@ -78,7 +78,7 @@ DEADLINE_GRACE_S = 0.05
 # `moac run --prompts`: queries in flight at once, unless --concurrency says otherwise.
 DEFAULT_RUN_CONCURRENCY = 8
 
-# --- response cache (moac/cache.py: --record / --replay) --------------------------------------
+# --- response cache (moac/run/cache.py: --record / --replay) --------------------------------------
 # Part of every cache key and stored in the file (PRAGMA user_version): bump it when the key's
 # contents or the table change, so an old file is refused rather than silently missed.
 CACHE_FORMAT_VERSION = 1

@@ -1,5 +1,8 @@
-"""moac's planner: cost, latency, compute and quality estimates for lowered plans, budgeted
-pruning and the Pareto frontier of sub-plans.
+"""The planner: cost, latency, compute and quality estimates for lowered plans, budgeted
+pruning, the Pareto frontier of sub-plans, and routing decisions.
+
+Takes plans (:mod:`moac.ir`); gives estimates, pruned plans, frontiers and route choices.
+May import :mod:`moac.ir`, :mod:`moac.data` and numpy; never lark or aiohttp.
 
     from planner import prune, render
     pruned = prune(program.plan("moa", BudgetSpec(max_usd=0.02)))

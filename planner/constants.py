@@ -6,7 +6,7 @@ formula and the published points they reproduce.
 
 from __future__ import annotations
 
-# Dollars and TFLOPs of a call come from ModelSpec.usd and ModelSpec.tflops (moac/spec.py):
+# Dollars and TFLOPs of a call come from ModelSpec.usd and ModelSpec.tflops (moac/ir/spec.py):
 # TFLOPs = 2 x active parameters x tokens.
 
 # --- quality model (planner.quality.MoaQualityModel) -------------------------------------

@@ -4,7 +4,7 @@ Contract: :func:`estimate` is a pure function of a :class:`~moac.ir.Plan`, a pro
 tokens and a mode; it reads only the plan (its calls, models and providers).
 
 - **Tokens.** A call reads the prompt, its system prompt and, when it aggregates, the template
-  with the answers it is fed (:func:`moac.prompts.input_tokens`). It writes its model's typical
+  with the answers it is fed (:func:`moac.ir.prompts.input_tokens`). It writes its model's typical
   answer (``answer_tokens``) capped by its ``max_tokens`` in the *expected* mode, and exactly
   ``max_tokens`` in the *worst* mode, where every answer it reads is at its cap as well.
 - **Dollars** from the per-million prices of input and output tokens.
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from moac.constants import ASSUMED_PROMPT_TOKENS
-from moac.prompts import input_tokens
-from moac.spec import BudgetSpec, ModelSpec, Sampling
+from moac.ir.prompts import input_tokens
+from moac.ir.spec import BudgetSpec, ModelSpec, Sampling
 
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moac.prompts import estimate_tokens
+from moac.ir.prompts import estimate_tokens
 from planner.constants import CHAT_MAX_TOKENS
 
 CATEGORIES = ("code", "maths", "reasoning", "writing", "open", "chat")
@@ -130,7 +130,7 @@ class QueryFeatures:
     """What the router knows of a prompt before any call."""
 
     category: str                       # one of CATEGORIES
-    tokens: int                         # moac.prompts.estimate_tokens of the prompt
+    tokens: int                         # moac.ir.prompts.estimate_tokens of the prompt
     scores: dict[str, int] = field(hash=False)   # weighted hits per category (open: 0)
 
     def vector(self) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moac.spec import BudgetSpec
+from moac.ir.spec import BudgetSpec
 
 from planner import constants as k
 from planner.estimate import estimate

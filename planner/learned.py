@@ -29,7 +29,7 @@ import numpy as np
 from planner.constants import ROUTER_FOLDS, ROUTER_RIDGE
 from planner.features import FEATURE_NAMES, query_features
 
-from moac.router_file import FORMAT, RouterFileError, check_router_data, read_router_file
+from planner.router_file import FORMAT, RouterFileError, check_router_data, read_router_file
 
 __all__ = ["FORMAT", "LearnedRouter", "RouterFileError", "fit_router", "load_router"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moac.constants import ASSUMED_PROMPT_TOKENS
-from moac.spec import BudgetSpec
+from moac.ir.spec import BudgetSpec
 
 from planner import constants as k
 from planner.estimate import Estimate, estimate, fits, violations

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from moac.spec import ModelSpec
+from moac.ir.spec import ModelSpec
 
 from planner import constants as k
 

@@ -1,7 +1,7 @@
 """Per-query routing: which of a route's candidate pipelines answers this query.
 
 Pure functions of the candidates' plans, the query and (for the agreement policy) the first
-answers; :class:`moac.router.RouteExecutor` carries them out. Every step returns a
+answers; :class:`moac.run.router.RouteExecutor` carries them out. Every step returns a
 :class:`Decision` naming the policy, the pipeline chosen, the ones not taken, the numbers
 behind it and a sentence; the executor writes each to the trace.
 
@@ -23,7 +23,7 @@ The steps, in order:
    on a query like this one, relative to the average). With ``usd_per_point`` the strong
    pipeline is kept when ``gain x usd_per_point >= extra dollars``; with ``share`` when the
    factor is above the threshold that sends that share of AlpacaEval's instructions to it.
-3. **agreement** (after the shared stages; :class:`moac.router.RouteExecutor` first checks
+3. **agreement** (after the shared stages; :class:`moac.run.router.RouteExecutor` first checks
    that the target's remaining calls, estimated from the shared answers' real lengths,
    still fit ``max_usd``, and hands over to the early exit when not): when a cheaper
    fitting candidate starts with the
@@ -47,7 +47,7 @@ from planner.quality import MoaQualityModel, QualityModel
 
 if TYPE_CHECKING:
     from moac.ir import Plan
-    from moac.spec import BudgetSpec, RouteSpec
+    from moac.ir.spec import BudgetSpec, RouteSpec
     from planner.agreement import Agreement
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from moac.constants import ASSUMED_PROMPT_TOKENS
-from moac.spec import BudgetSpec
+from moac.ir.spec import BudgetSpec
 
 from planner import constants as k
 from planner.estimate import estimate

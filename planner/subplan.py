@@ -3,7 +3,7 @@
 A :class:`Choice` names, for each intermediate layer of a plan (every layer but the final
 stage), the 0-based positions of the agents kept (an empty tuple drops the layer), and whether
 the declared fallback replaces the aggregator. :func:`build` re-lowers the kept part with
-:func:`moac.lower.lower`, so the result keeps every IR invariant (full edges between
+:func:`moac.ir.lower.lower`, so the result keeps every IR invariant (full edges between
 consecutive layers, positions 0..n-1, layer indices, models and providers actually used).
 
 What pruning changes besides dropping calls, all reported by :mod:`planner.report`:
@@ -21,7 +21,7 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from moac.spec import AgentSpec, LayerSpec, PipelineSpec
+from moac.ir.spec import AgentSpec, LayerSpec, PipelineSpec
 
 if TYPE_CHECKING:
     from moac.ir import CallNode, Plan
@@ -55,7 +55,7 @@ def full_choice(plan: "Plan") -> Choice:
 
 def build(plan: "Plan", choice: Choice) -> "Plan":
     """The plan keeping only what ``choice`` keeps, re-lowered; annotations are copied."""
-    from moac.lower import lower
+    from moac.ir.lower import lower
     layers = []
     for calls, info, kept in zip(intermediate(plan), plan.layers, choice.keep):
         if not kept:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moac.prompts import input_tokens
+from moac.ir.prompts import input_tokens
 
 from planner import constants as k
 from planner.estimate import Mode, output_tokens

@@ -19,7 +19,7 @@ Which behavior a request gets: its number's (:meth:`FakeOpenAI.on_request`), els
 one queued for its model, else the next queued for any model (:meth:`FakeOpenAI.script`),
 else its model's default, else the default.
 
-``server.provider_spec(**fields)`` gives a :class:`moac.spec.ProviderSpec` pointing at it (after
+``server.provider_spec(**fields)`` gives a :class:`moac.ir.spec.ProviderSpec` pointing at it (after
 start). From synchronous code (a pytest test calling ``asyncio.run``), :func:`serve_in_thread` runs
 the server on a loop of its own; the ``fake_server`` fixture wraps it
 (``from fake_openai import fake_server`` in a test module). From a shell:
@@ -199,9 +199,9 @@ class FakeOpenAI:
         return f"http://{self.host}:{self.port}/v1"
 
     def provider_spec(self, name: str = "fake", **fields: Any):
-        """A :class:`moac.spec.ProviderSpec` pointing at this server (short timeouts, no
+        """A :class:`moac.ir.spec.ProviderSpec` pointing at this server (short timeouts, no
         retries unless ``fields`` say otherwise)."""
-        from moac.spec import ProviderSpec
+        from moac.ir.spec import ProviderSpec
         values: dict[str, Any] = dict(name=name, kind="openai", base_url=self.url,
                                       api_key_env="FAKE_OPENAI_KEY", parallel=8, timeout_s=5.0,
                                       connect_timeout_s=1.0, read_timeout_s=2.0, max_retries=0)

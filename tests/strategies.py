@@ -1,4 +1,4 @@
-"""Hypothesis strategies for random :class:`moac.ast.Module` trees, built node by node.
+"""Hypothesis strategies for random :class:`moac.lang.ast.Module` trees, built node by node.
 
 The trees are ones the parser can produce: names avoid the keywords, options carry one
 value, lists hold scalars only, copies carry no tag, and a quantity's tag is never a word the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from moac import ast
+from moac.lang import ast
 
 KEYWORDS = frozenset({"import", "provider", "model", "pipeline", "route", "budget", "from",
                       "layer", "aggregate", "fallback", "without", "env", "x"})

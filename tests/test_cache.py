@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from moac.cache import CacheError, CacheMiss, CachingClient, ResponseCache, request_key
+from moac.run.cache import CacheError, CacheMiss, CachingClient, ResponseCache, request_key
 from moac.providers import (
     ChatRequest, ContentFiltered, MalformedResponse, OpenAICompatibleClient, ProviderError,
     RetryPolicy, ServerError, decide, make_session,
 )
-from moac.spec import Sampling
+from moac.ir.spec import Sampling
 
 KEY = "sk-canary-" + secrets.token_hex(16)
 SAMPLING = Sampling(temperature=0.7, max_tokens=64, seed=3)

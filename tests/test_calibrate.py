@@ -1,6 +1,6 @@
 """moac calibrate: profiles refitted from synthetic traces that follow a known law.
 
-The traces are written with moac.trace's own records around a real plan (MoA-Lite from the
+The traces are written with moac.traces.trace's own records around a real plan (MoA-Lite from the
 examples): each call lasts ``ttft + prompt / prefill + completion / rate`` of its model's
 true profile plus a little noise, answers are drawn around a true length and cut at
 max_tokens, and the query lines carry the planner's estimate with the declared profiles,
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import moac
-from moac.calibrate import MIN_SAMPLES, CalibrationError, calibrate, calibrate_records
-from moac.calibrate_render import number, render_moa, report
-from moac.prompts import input_tokens
-from moac.trace import CallRecord, QualityRecord, QueryRecord, RunHeader, TraceWriter
+from moac.evaluation.calibrate import MIN_SAMPLES, CalibrationError, calibrate, calibrate_records
+from moac.evaluation.calibrate_render import number, render_moa, report
+from moac.ir.prompts import input_tokens
+from moac.traces.trace import CallRecord, QualityRecord, QueryRecord, RunHeader, TraceWriter
 from planner.estimate import estimate
 
 # model: (ttft s, output tok/s, prefill tok/s, mean answer tokens); the declared profiles
@@ -225,7 +225,7 @@ def test_numbers_read_back_exactly():
 
 
 def test_the_command_writes_an_importable_catalog_and_reports(traced, tmp_path, capsys):
-    from moac import cli
+    import moac.cli.main as cli
     _, _, path = traced
     out = tmp_path / "profiles.moa"
     assert cli.main(["calibrate", str(path), "-o", str(out)]) == 0

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import moac
-from moac import cli
-from moac.codes import CODES
+import moac.cli.main as cli
+from moac.lang.codes import CODES
 from moac.constants import MAX_SOURCE_BYTES
-from moac.parser import get_parser, parse
+from moac.lang.parser import get_parser, parse
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "diagnostics"
 UPDATE = os.environ.get("MOAC_UPDATE_GOLDEN", "") not in ("", "0")
@@ -112,13 +112,13 @@ def test_e006_file_cannot_be_read(tmp_path, monkeypatch, capsys):
 
 def test_e002_from_bytes_points_at_the_bad_byte():
     with pytest.raises(moac.MoaSyntaxError) as caught:
-        moac.parser.parse_bytes(b'provider p {\n  kind = op\xffenai\n}\n', "x.moa")
+        moac.lang.parser.parse_bytes(b'provider p {\n  kind = op\xffenai\n}\n', "x.moa")
     (diagnostic,) = caught.value.diagnostics
     assert diagnostic.code == "E002"
     assert (diagnostic.span.line, diagnostic.span.column) == (2, 12)
     assert "0xff" in diagnostic.message
     with pytest.raises(moac.MoaSyntaxError) as caught:
-        moac.parser.parse_bytes(b"\x00\x01\x02", "x.moa")
+        moac.lang.parser.parse_bytes(b"\x00\x01\x02", "x.moa")
     assert [d.code for d in caught.value.diagnostics] == ["E002"]
     assert "NUL" in caught.value.diagnostics[0].message
 
@@ -130,7 +130,7 @@ def test_every_code_has_a_golden_case(tmp_path, monkeypatch, capsys):
     missing = set(CODES) - seen
     unknown = seen - set(CODES)
     assert not missing, f"codes without a golden case: {sorted(missing)}"
-    assert not unknown, f"golden outputs use codes not in moac.codes: {sorted(unknown)}"
+    assert not unknown, f"golden outputs use codes not in moac.lang.codes: {sorted(unknown)}"
 
 
 # --- many problems, one run ------------------------------------------------------------

@@ -12,8 +12,8 @@ import re
 import pytest
 from fake_openai import Behavior, FakeOpenAI
 
-from moac import cli
-from moac.trace import read_trace
+import moac.cli.main as cli
+from moac.traces.trace import read_trace
 
 KEY = "sk-test-eval-0123456789abcdef"
 ITEMS = [
@@ -135,7 +135,7 @@ def test_pairwise_win_rates_are_the_known_ones(tmp_path, monkeypatch, capsys):
     assert good_a["answer_run_id"] in answering
     assert good_a["verdicts"] == ["A", "B"] and good_a["preference"] == 1.0
     assert any(r["type"] == "call" and r["pipeline"] == "judge:pair" for r in records)
-    from moac.summarize import render_summary, summarize
+    from moac.traces.summarize import render_summary, summarize
     summary = render_summary(summarize(records))
     assert "  good_alone  judge pair (pairwise): 83.3% over 3 verdicts, 1 unparsed or failed" \
         in summary

@@ -18,12 +18,12 @@ from fake_openai import Behavior, FakeOpenAI, expected_text
 
 import moac
 from moac.constants import DEFAULT_AGGREGATE_PROMPT
-from moac.executor import BudgetLedger
+from moac.run.executor import BudgetLedger
 from moac.ir import Plan
-from moac.prompts import render_template
+from moac.ir.prompts import render_template
 from moac.run import Runner
-from moac.spec import BudgetSpec
-from moac.trace import read_trace
+from moac.ir.spec import BudgetSpec
+from moac.traces.trace import read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

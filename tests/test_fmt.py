@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moac import ast
-from moac.diagnostics import MoaSyntaxError
-from moac.fmt import WIDTH, format_module, format_source, string_literal
-from moac.parser import parse, scan_comments
-from moac.tree_to_ast import unquote
+from moac.lang import ast
+from moac.lang.diagnostics import MoaSyntaxError
+from moac.lang.fmt import WIDTH, format_module, format_source, string_literal
+from moac.lang.parser import parse, scan_comments
+from moac.lang.tree_to_ast import unquote
 
 from strategies import modules
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moac
-from moac import parser as moa_parser
-from moac.codes import CODES
+from moac.lang import parser as moa_parser
+from moac.lang.codes import CODES
 from moac.constants import MAX_SOURCE_BYTES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

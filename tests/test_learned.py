@@ -8,8 +8,8 @@ import json
 import pytest
 
 import moac
-from moac import cli
-from moac.trace import QualityRecord
+import moac.cli.main as cli
+from moac.traces.trace import QualityRecord
 from planner.features import query_features
 from planner.learned import examples_from_records, fit_router, load_router
 from planner.route import assess, choose_before_calls

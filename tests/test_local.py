@@ -33,7 +33,7 @@ from moac.providers.local import (
     resolve_gguf, runtime_installed,
 )
 from moac.providers.openai import ChatRequest
-from moac.spec import ModelSpec, ProviderSpec, Sampling
+from moac.ir.spec import ModelSpec, ProviderSpec, Sampling
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -308,7 +308,7 @@ def _script(body: str) -> str:
         sys.path.insert(0, {root!r})
         from moac.providers.local import LocalClient, LocalServer, LocalServers, find_default_gguf
         from moac.providers.openai import ChatRequest
-        from moac.spec import ModelSpec, ProviderSpec, Sampling
+        from moac.ir.spec import ModelSpec, ProviderSpec, Sampling
         provider = ProviderSpec(name="local", kind="local", parallel=1, timeout_s=120,
                                 connect_timeout_s=5, read_timeout_s=60, max_retries=0)
         model = ModelSpec(name="m", provider="local", model_id="m", usd_per_m_input=0,

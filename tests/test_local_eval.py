@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 
-from moac import cli
+import moac.cli.main as cli
 from local_support import requires_local
-from moac.trace import read_trace
+from moac.traces.trace import read_trace
 
 pytestmark = requires_local
 

@@ -12,10 +12,10 @@ import asyncio
 
 
 import moac
-from moac.executor import Executor
+from moac.run.executor import Executor
 from local_support import requires_local
 from moac.providers.local import LocalClient, LocalServers
-from moac.trace import TraceWriter, read_trace
+from moac.traces.trace import TraceWriter, read_trace
 
 pytestmark = requires_local
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import moac
-from moac.cli import main
-from moac.spec import BudgetSpec
+from moac.cli.main import main
+from moac.ir.spec import BudgetSpec
 from planner import MoaQualityModel, frontier, frontier_table, point_of, prune, render
 
 from conftest import EXAMPLES, GOLDEN, update_golden

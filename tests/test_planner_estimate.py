@@ -6,8 +6,8 @@ import pytest
 
 import moac
 from moac.constants import DEFAULT_AGGREGATE_PROMPT
-from moac.prompts import estimate_tokens
-from moac.spec import BudgetSpec
+from moac.ir.prompts import estimate_tokens
+from moac.ir.spec import BudgetSpec
 from planner.estimate import estimate, makespan, violations
 
 SOURCE = """

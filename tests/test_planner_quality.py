@@ -104,7 +104,7 @@ def test_unknown_quality_is_assumed_and_named():
 def test_a_planner_block_sets_the_quality_model_the_plan_carries(tmp_path):
     import moac
     from moac.ir import Plan
-    from moac.fmt import format_source
+    from moac.lang.fmt import format_source
     catalog = (Path(__file__).resolve().parent.parent / "examples" / "moa_lite.moa").as_posix()
     base = tmp_path / "base.moa"
     base.write_text(f'import "{catalog}"\n\nplanner {{\n  quality_base = 40\n'
@@ -127,7 +127,7 @@ def test_a_planner_block_sets_the_quality_model_the_plan_carries(tmp_path):
 
 
 def test_planner_block_values_are_checked(tmp_path, capsys):
-    from moac import cli
+    import moac.cli.main as cli
     bad = tmp_path / "bad.moa"
     bad.write_text("planner {\n  quality_prior_weight = 1.5\n  quality_bogus = 1\n}\n")
     assert cli.main(["check", str(bad)]) == 1

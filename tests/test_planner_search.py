@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moac
-from moac.prompts import input_tokens
-from moac.spec import BudgetSpec
+from moac.ir.prompts import input_tokens
+from moac.ir.spec import BudgetSpec
 from planner import NothingFits, estimate, optimize, prune
 from planner.estimate import call_cost, fits, makespan, output_tokens
 from planner.quality import MoaQualityModel

@@ -12,13 +12,13 @@ import pytest
 from fake_openai import Behavior, FakeOpenAI, expected_text, fake_server, prompt_tokens  # noqa: F401
 from pydantic import SecretStr
 
-from moac.prompts import estimate_tokens
+from moac.ir.prompts import estimate_tokens
 from moac.providers import (
     BadRequest, CallResult, ChatRequest, ConnectionFailed, ContentFiltered, ContextLengthExceeded,
     DeadlineExceeded, MalformedResponse, OpenAICompatibleClient, ProviderTimeout, RateLimited,
     RetryPolicy, ServerError, make_session,
 )
-from moac.spec import Sampling
+from moac.ir.spec import Sampling
 
 KEY = "sk-test-0123456789abcdef"
 SAMPLING = Sampling(temperature=0.7, max_tokens=64, seed=3)

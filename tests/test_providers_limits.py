@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from moac.providers import DeadlineExceeded, ProviderLimiter, attempt_timeout, make_session
-from moac.spec import ProviderSpec
+from moac.ir.spec import ProviderSpec
 
 
 class FakeTime:

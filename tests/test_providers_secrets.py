@@ -18,7 +18,7 @@ from moac.providers import (
 )
 from moac.providers.constants import MAX_STORED_BODY_CHARS, REDACTED
 from moac.providers.errors import stored_body
-from moac.spec import ProviderSpec, Sampling
+from moac.ir.spec import ProviderSpec, Sampling
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

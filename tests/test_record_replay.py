@@ -9,8 +9,8 @@ import json
 import pytest
 from fake_openai import FakeOpenAI
 
-from moac import cli
-from moac.trace import read_trace
+import moac.cli.main as cli
+from moac.traces.trace import read_trace
 
 KEY = "sk-test-replay-0123456789abcdef"
 
@@ -84,7 +84,7 @@ def test_record_then_replay_answers_the_same_and_costs_nothing(tmp_path, monkeyp
 
 def test_a_replay_miss_fails_the_run_and_names_the_model(tmp_path, capsys):
     cache = tmp_path / "cache.sqlite"
-    from moac.cache import ResponseCache
+    from moac.run.cache import ResponseCache
     ResponseCache(cache).close()  # an empty cache
     path = pipeline_file(tmp_path, "http://127.0.0.1:9/v1")
     code = run_cli(["run", path, "--prompt", "hello", "--replay", str(cache)])
@@ -145,7 +145,7 @@ def test_a_run_the_budget_clamped_replays_whole(tmp_path):
     """Recording, the budget clamps the third proposer's max_tokens; replaying, the cached
     answers are counted at their recorded price, so the same calls are made and found."""
     import moac
-    from moac.cache import ResponseCache
+    from moac.run.cache import ResponseCache
     from moac.run import Runner
 
     def source(url: str) -> str:

@@ -1,4 +1,4 @@
-"""The replay provider (:mod:`moac.replay`) through moac's real client: recorded answers come back
+"""The replay provider (:mod:`moac.evaluation.replay`) through moac's real client: recorded answers come back
 exactly, for proposers and for aggregators whose system prompt holds earlier answers."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 
 from moac.constants import DEFAULT_AGGREGATE_PROMPT
-from moac.prompts import render_template
+from moac.ir.prompts import render_template
 from moac.providers.errors import BadRequest, ProviderError
 from moac.providers.openai import ChatRequest, OpenAICompatibleClient
-from moac.replay import DEFAULT_MODELS, ReplayServer, find_instruction, load_file, load_outputs
-from moac.spec import ProviderSpec, Sampling
+from moac.evaluation.replay import DEFAULT_MODELS, ReplayServer, find_instruction, load_file, load_outputs
+from moac.ir.spec import ProviderSpec, Sampling
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
 pytestmark = pytest.mark.skipif(not (DATA / "model_outputs").is_dir(),

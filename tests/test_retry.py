@@ -162,7 +162,7 @@ def test_a_retry_never_sleeps_past_the_deadline(error, attempt, now, left, r, mi
 
 
 def test_policy_from_provider():
-    from moac.spec import ProviderSpec
+    from moac.ir.spec import ProviderSpec
     provider = ProviderSpec(name="p", kind="openai", base_url="http://x/v1", parallel=1,
                             timeout_s=1, connect_timeout_s=1, read_timeout_s=1, max_retries=5)
     assert RetryPolicy.for_provider(provider).max_retries == 5

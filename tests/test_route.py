@@ -13,11 +13,11 @@ import pytest
 from fake_openai import Behavior, FakeOpenAI
 
 import moac
-from moac import cli
+import moac.cli.main as cli
 from moac.ir import RoutePlan
 from moac.run import Runner
-from moac.spec import BudgetSpec
-from moac.trace import read_trace
+from moac.ir.spec import BudgetSpec
+from moac.traces.trace import read_trace
 from planner.route import assess, choose_before_calls
 
 KEY = "sk-test-route-0123456789abcdef"
@@ -422,7 +422,7 @@ def test_moac_compile_and_run_work_on_a_route(tmp_path, capsys, monkeypatch):
 
 
 def test_trace_summarize_shows_how_queries_were_routed(tmp_path):
-    from moac.summarize import render_summary, summarize
+    from moac.traces.summarize import render_summary, summarize
     mixed = run_route(lambda url: route_plan(url, AGREEMENT_ROUTE), [PROMPT], tmp_path,
                       behaviors=AGREE).records
     (tmp_path / "second").mkdir()

@@ -4,7 +4,7 @@ budget under concurrency, a canary API key that must never leak, missing keys, b
 responses, MT-Bench turns.
 
 The CLI runs in a subprocess where a signal or the environment matters, in-process
-(:func:`moac.cli.main`) elsewhere.
+(:func:`moac.cli.main.main`) elsewhere.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ from fake_openai import Behavior, FakeOpenAI, expected_text, serve_in_thread
 from test_executor import ENV, KEY, PROPOSERS, arun, example_plan, user, with_answers
 
 import moac
-from moac import cli
+import moac.cli.main as cli
 from moac.run import (
     Delta, PromptItem, Restart, RunError, Runner, answered, compact_answers, load_prompts,
     read_answers, run_plan,
 )
-from moac.trace import read_trace
+from moac.traces.trace import read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 # Runs the CLI with every logger at DEBUG on stderr, so a leak through logging shows too.
 WITH_LOGGING = ("import logging, sys; logging.basicConfig(level=logging.DEBUG); "
-                "from moac.cli import main; sys.exit(main(sys.argv[1:]))")
+                "from moac.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.fixture

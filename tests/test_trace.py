@@ -8,9 +8,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from moac import cli
-from moac.summarize import percentile, render_summary, summarize
-from moac.trace import CallRecord, QueryRecord, TraceWriter, jsonl_safe, read_trace
+import moac.cli.main as cli
+from moac.traces.summarize import percentile, render_summary, summarize
+from moac.traces.trace import CallRecord, QueryRecord, TraceWriter, jsonl_safe, read_trace
 
 
 def call(**fields) -> CallRecord:

@@ -1,4 +1,8 @@
-"""The checker: an ordered tuple of passes over the loaded workspace.
+"""The check stage: an ordered tuple of passes over the loaded workspace.
+
+Takes the workspace :mod:`moac.lang` loaded; gives checked declarations
+(:class:`moac.ir.spec.Spec`) and semantic diagnostics. May import :mod:`moac.lang` and
+:mod:`moac.ir` (declarations, prompt templates), and the router file reader of the planner.
 
 Each pass reads what the earlier ones left in :class:`CheckState` and reports every
 problem it finds; none stops at the first, so one run of ``moac check`` shows them all.
@@ -14,7 +18,7 @@ from moac.checks.judges import read_judges
 from moac.checks.planner_block import read_planner_blocks
 from moac.checks.routes import read_routes
 from moac.checks.state import CheckState
-from moac.loader import Workspace
+from moac.lang.loader import Workspace
 
 CHECKS = (
     declare_names,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from moac import ast, constants
+from moac import constants
+from moac.lang import ast
 from moac.checks.state import CheckState
 from moac.checks.values import Reader, read_each, read_file_blocks
-from moac.spec import BudgetSpec, ModelSpec, ProviderSpec
+from moac.ir.spec import BudgetSpec, ModelSpec, ProviderSpec
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from moac.checks.pipelines import AGGREGATOR, FALLBACK
 from moac.checks.state import CheckState
 from moac.constants import ASSUMED_PROMPT_TOKENS
-from moac.prompts import input_tokens
-from moac.spec import AgentSpec, PipelineSpec
+from moac.ir.prompts import input_tokens
+from moac.ir.spec import AgentSpec, PipelineSpec
 
 
 def check_context_windows(state: CheckState) -> None:

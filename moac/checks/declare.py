@@ -7,7 +7,7 @@ one file or across imports, is an error at the second declaration.
 
 from __future__ import annotations
 
-from moac import ast
+from moac.lang import ast
 from moac.checks.state import CheckState, Declared
 
 

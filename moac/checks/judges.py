@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from moac import ast
+from moac.lang import ast
 from moac.checks.catalog import read_budget_settings
 from moac.checks.state import CheckState
 from moac.checks.values import Reader, read_each
-from moac.spec import JudgeSpec
+from moac.ir.spec import JudgeSpec
 
 PROTOCOLS = ("pairwise", "single")
 JUDGE_KEYS = ("model", "protocol", "reference", "temperature", "max_tokens")

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from moac import ast, constants
+from moac import constants
+from moac.lang import ast
 from moac.checks.state import AgentSite, CheckState, suggest
 from moac.checks.templates import check_template
 from moac.checks.values import Reader
-from moac.spec import AgentSpec, LayerSpec, PipelineSpec, Sampling
+from moac.ir.spec import AgentSpec, LayerSpec, PipelineSpec, Sampling
 
 SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "seed", "system")
 PIPELINE_KEYS = SAMPLING_KEYS + ("min_ok", "prompt")
 LAYER_KEYS = PIPELINE_KEYS
 AGGREGATE_KEYS = SAMPLING_KEYS + ("prompt",)
 
-# The final stage of every plan is called "aggregate" (see moac.lower).
+# The final stage of every plan is called "aggregate" (see moac.ir.lower).
 RESERVED_LAYER_NAMES = ("aggregate", "fallback")
 
 AGGREGATOR = -1

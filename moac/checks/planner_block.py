@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from moac import ast
+from moac.lang import ast
 from moac.checks.state import CheckState
 from moac.checks.values import Reader, read_file_blocks
-from moac.spec import QualitySpec
+from moac.ir.spec import QualitySpec
 
 # Each coefficient and the range it makes sense in (planner/quality.py gives the formula).
 PLANNER_KEYS = {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from moac import ast
+from moac.lang import ast
 from moac.checks.catalog import read_budget_settings
 from moac.checks.state import CheckState, suggest
 from moac.checks.values import Reader, read_each
-from moac.spec import RouteSpec
+from moac.ir.spec import RouteSpec
 
 POLICIES = ("budget", "preroute", "agreement", "learned")
 ROUTE_KEYS = ("candidates", "policy", "agreement", "usd_per_point", "share", "router")
@@ -57,7 +57,7 @@ def _router(reader: Reader, value: ast.Value, candidates) -> str | None:
     """The router file, relative to the .moa file, read now: a bad one is a compile error."""
     import os
 
-    from moac.router_file import RouterFileError, read_router_file
+    from planner.router_file import RouterFileError, read_router_file
     text = reader.string(value, "router")
     if text is None:
         return None

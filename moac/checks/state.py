@@ -7,11 +7,11 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from moac import ast
+from moac.lang import ast
 from moac.constants import SUGGESTION_CUTOFF
-from moac.diagnostics import Diagnostic, Span
-from moac.loader import Workspace
-from moac.spec import (
+from moac.lang.diagnostics import Diagnostic, Span
+from moac.lang.loader import Workspace
+from moac.ir.spec import (
     BudgetSpec, JudgeSpec, ModelSpec, PipelineSpec, ProviderSpec, QualitySpec, RouteSpec,
 )
 

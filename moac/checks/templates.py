@@ -1,4 +1,4 @@
-"""Checking aggregate-and-synthesize prompt templates (see :mod:`moac.prompts`).
+"""Checking aggregate-and-synthesize prompt templates (see :mod:`moac.ir.prompts`).
 
 The only slot is ``{responses}``, where the earlier layer's answers go, numbered. A template
 without it would ask a model to synthesize answers it never sees.
@@ -6,10 +6,10 @@ without it would ask a model to synthesize answers it never sees.
 
 from __future__ import annotations
 
-from moac import ast
+from moac.lang import ast
 from moac.checks.values import Reader
 from moac.constants import RESPONSES_SLOT
-from moac.prompts import template_slots
+from moac.ir.prompts import template_slots
 
 
 def check_template(reader: Reader, value: ast.Value, text: str) -> bool:

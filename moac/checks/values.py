@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from moac import ast
+from moac.lang import ast
 from moac.checks.state import CheckState, suggest
-from moac.diagnostics import Span
+from moac.lang.diagnostics import Span
 
 # Each kind of quantity: the units it takes and their factor to the base unit.
 # `k` counts tokens in 1,024s (context windows are powers of two: 32k = 32,768).

@@ -29,7 +29,7 @@ def open_cache(args):
     """The response cache the flags name and its mode, or (None, None)."""
     if not (args.record or args.replay):
         return None, None
-    from moac.cache import ResponseCache
+    from moac.run.cache import ResponseCache
     if args.replay:
         return ResponseCache(existing_path(args.replay), create=False), "replay"
     return ResponseCache(args.record), "record"
@@ -81,7 +81,7 @@ def plan_fits(plan) -> bool:
 
 def budget_override(args):
     """The flags that were given, as a BudgetSpec that sets only those (for merging)."""
-    from moac.spec import BudgetSpec
+    from moac.ir.spec import BudgetSpec
     values = {}
     if args.max_usd is not None:
         values["max_usd"] = amount(args.max_usd, "--max-usd", prefix="$")

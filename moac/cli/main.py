@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from moac.cli_common import (  # noqa: F401 (EXIT_* and UsageError: part of this module's API)
+from moac.cli.common import (  # noqa: F401 (EXIT_* and UsageError: part of this module's API)
     EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UsageError,
     add_budget_flags, budget_override, emit, existing_path, print_diagnostics,
     pruned_to_budget, token_count,
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     from moac.compiler import SelectionError
-    from moac.diagnostics import MoaError
+    from moac.lang.diagnostics import MoaError
     from moac.ir import PlanError
     try:
         return args.handler(args)
@@ -104,7 +104,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="change nothing; exit 1 if a file is not formatted")
     fmt.add_argument("--diff", action="store_true", help="print the changes, write nothing")
     fmt.set_defaults(handler=cmd_fmt)
-    from moac.cli_run import add_run_commands
+    from moac.cli.run import add_run_commands
     add_run_commands(commands)
     return parser
 
@@ -131,7 +131,7 @@ def cmd_check(args) -> int:
 
 def cmd_compile(args) -> int:
     from moac.compiler import compile_file
-    from moac.spec import RouteSpec
+    from moac.ir.spec import RouteSpec
     program = compile_file(existing_path(args.file))
     selected = program.select(args.pipeline)
     if isinstance(selected, RouteSpec):
@@ -154,7 +154,7 @@ def cmd_plan(args) -> int:
     tokens = ASSUMED_PROMPT_TOKENS if args.prompt_tokens is None else \
         token_count(args.prompt_tokens, "--prompt-tokens")
     program = compile_file(existing_path(args.file))
-    from moac.spec import RouteSpec
+    from moac.ir.spec import RouteSpec
     if isinstance(program.select(args.pipeline), RouteSpec):
         if args.plot:
             raise UsageError("--plot draws one pipeline's frontier; plot a candidate with "
@@ -203,7 +203,7 @@ def _route_table(route_plan, tokens: int, mode: str | None) -> str:
 
 def cmd_graph(args) -> int:
     from moac.compiler import compile_file
-    from moac.render import to_dot, to_mermaid
+    from moac.ir.render import to_dot, to_mermaid
     program = compile_file(existing_path(args.file))
     plan = program.runnable(args.pipeline)  # a route draws every candidate
     render: Callable = to_dot if args.format == "dot" else to_mermaid
@@ -212,9 +212,9 @@ def cmd_graph(args) -> int:
 
 
 def cmd_fmt(args) -> int:
-    from moac.diagnostics import MoaError
-    from moac.fmt import format_source
-    from moac.parser import decode_source, read_file
+    from moac.lang.diagnostics import MoaError
+    from moac.lang.fmt import format_source
+    from moac.lang.parser import decode_source, read_file
     unformatted = 0
     failed = []
     for path in args.files:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from moac.cli_common import (
+from moac.cli.common import (
     EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UsageError, add_budget_flags, add_cache_flags, amount,
     budget_override, cache_report, emit, existing_path, open_cache, pruned_to_budget,
 )
@@ -95,7 +95,7 @@ def cmd_run(args) -> int:
     from moac.compiler import compile_file
     from moac.constants import DEFAULT_RUN_CONCURRENCY
     from moac.run import Runner, default_answers_path, load_prompts
-    from moac.spec import RouteSpec
+    from moac.ir.spec import RouteSpec
     program = compile_file(existing_path(args.file))
     selected = program.select(args.pipeline)
     concurrency = DEFAULT_RUN_CONCURRENCY if args.concurrency is None else args.concurrency
@@ -139,7 +139,7 @@ def cmd_run(args) -> int:
 def _run_errors() -> tuple[type[Exception], ...]:
     """What stops a run or an evaluation with a one-line message (imported only when one
     was raised: the except clause evaluates this after the fact)."""
-    from moac.cache import CacheError
+    from moac.run.cache import CacheError
     from moac.providers.errors import ProviderError
     from moac.run import RunError
     return (RunError, ProviderError, CacheError)
@@ -257,7 +257,7 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--concurrency expects a positive whole number, got {concurrency}")
     ledger = None
     if args.max_usd_total is not None:
-        from moac.ledger import BudgetLedger
+        from moac.run.ledger import BudgetLedger
         ledger = BudgetLedger(amount(args.max_usd_total, "--max-usd-total", prefix="$"),
                               name="run", label="max_usd_total")
     printers: dict = {}
@@ -319,8 +319,8 @@ def _eval_table(document) -> str:
 
 
 def cmd_calibrate(args) -> int:
-    from moac.calibrate import CalibrationError, calibrate
-    from moac.calibrate_render import render_moa, report
+    from moac.evaluation.calibrate import CalibrationError, calibrate
+    from moac.evaluation.calibrate_render import render_moa, report
     paths = [existing_path(p) for p in args.traces]
     if args.output and os.path.abspath(args.output) in {os.path.abspath(p) for p in paths}:
         raise UsageError(f"-o {args.output} would overwrite a trace")
@@ -337,7 +337,7 @@ def cmd_calibrate(args) -> int:
 def cmd_fit_router(args) -> int:
     import json
 
-    from moac.trace import read_trace
+    from moac.traces.trace import read_trace
     from planner.learned import examples_from_records, fit_router
     if args.larger == args.smaller:
         raise UsageError("--larger and --smaller must name two pipelines")
@@ -361,7 +361,7 @@ def cmd_fit_router(args) -> int:
 
 
 def cmd_trace_summarize(args) -> int:
-    from moac.summarize import render_summary, summarize_files
+    from moac.traces.summarize import render_summary, summarize_files
     summary = summarize_files([existing_path(p) for p in args.traces], run_id=args.run)
     if not summary.runs and not summary.queries and not summary.models:
         print("moac: error: no trace records found in " + ", ".join(args.traces)

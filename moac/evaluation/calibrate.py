@@ -2,7 +2,7 @@
 
 Contract of :func:`calibrate` (and :func:`calibrate_records`, its pure core):
 
-- **Input.** Trace records (:func:`moac.trace.read_trace`: torn lines skipped). The ``run``
+- **Input.** Trace records (:func:`moac.traces.trace.read_trace`: torn lines skipped). The ``run``
   headers hold the plans as run (``"moac-plan"``, or ``"moac-route"`` with one plan per
   candidate); every model and provider they declare is calibrated, keyed by its name in the
   plan. Where headers disagree on a declaration the latest run's is the base (a warning says
@@ -37,7 +37,7 @@ Contract of :func:`calibrate` (and :func:`calibrate_records`, its pure core):
   Pairwise verdicts on whole pipelines are compared with the quality model's prediction
   before and after the priors change.
 
-Rendering (the ``.moa`` catalog, the before/after report) is in :mod:`moac.calibrate_render`.
+Rendering (the ``.moa`` catalog, the before/after report) is in :mod:`moac.evaluation.calibrate_render`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from moac.constants import SINGLE_PREFIX
-from moac.spec import ModelSpec, ProviderSpec
-from moac.trace import read_trace
+from moac.ir.spec import ModelSpec, ProviderSpec
+from moac.traces.trace import read_trace
 
 # Fewer samples than this say too little: a figure fitted from them is kept as declared.
 MIN_SAMPLES = 5

@@ -1,4 +1,4 @@
-"""Text of a :class:`moac.calibrate.Calibration`: the ``.moa`` catalog and the report.
+"""Text of a :class:`moac.evaluation.calibrate.Calibration`: the ``.moa`` catalog and the report.
 
 Contract of :func:`render_moa`: a complete catalog (every provider and model the traces'
 plans declare, under the same names, in the syntax of ``examples/catalog.moa``) that a
@@ -20,9 +20,9 @@ import time
 import numpy as np
 
 from moac import constants
-from moac.calibrate import Calibration, ModelFit
-from moac.fmt import string_literal
-from moac.spec import ModelSpec, ProviderSpec
+from moac.evaluation.calibrate import Calibration, ModelFit
+from moac.lang.fmt import string_literal
+from moac.ir.spec import ModelSpec, ProviderSpec
 
 INDENT = "  "
 

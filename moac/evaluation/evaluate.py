@@ -34,8 +34,8 @@ from moac.evaluation.prompt_sets import PromptSet
 from moac.ir import Plan, RoutePlan
 from moac.run import BatchProgress, RunError, Runner, read_answers
 from moac.constants import SINGLE_PREFIX
-from moac.spec import JudgeSpec, Sampling
-from moac.trace import QualityRecord, read_jsonl
+from moac.ir.spec import JudgeSpec, Sampling
+from moac.traces.trace import QualityRecord, read_jsonl
 from planner.features import query_features
 
 SINGLE_SAMPLING = Sampling(temperature=0.7, max_tokens=2048)

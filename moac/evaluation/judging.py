@@ -32,8 +32,8 @@ from moac.evaluation.verdicts import (
 )
 from moac.ir import Plan
 from moac.run import Runner
-from moac.spec import JudgeSpec, Sampling
-from moac.trace import QualityRecord
+from moac.ir.spec import JudgeSpec, Sampling
+from moac.traces.trace import QualityRecord
 
 # MT-Bench shows the reference answer to the judge for these categories (FastChat's
 # NEED_REF_CATS).
@@ -58,7 +58,7 @@ def answer_sha(text: str | None) -> str:
 
 @dataclass
 class Verdict:
-    """One judged turn, before it becomes a :class:`~moac.trace.QualityRecord`."""
+    """One judged turn, before it becomes a :class:`~moac.traces.trace.QualityRecord`."""
     turn: int
     preference: float | None = None
     score: float | None = None

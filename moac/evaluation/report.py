@@ -105,7 +105,7 @@ def pipeline_stats(run, protocol: str, prompt_tokens: int) -> dict[str, Any]:
 
 def write_report(report_dir: str, runs, settings, judge_run_id: str) -> dict[str, Any]:
     """Compute every pipeline's numbers and write the three files; the JSON document."""
-    from moac.prompts import messages_tokens
+    from moac.ir.prompts import messages_tokens
     items = settings.prompts.items
     # As the executor and router count a prompt: the message, with its chat overhead.
     prompt_tokens = round(fmean(messages_tokens([{"role": "user", "content": i.prompt}])

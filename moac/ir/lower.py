@@ -10,7 +10,7 @@ from __future__ import annotations
 import networkx as nx
 
 from moac.ir import CallNode, LayerInfo, Plan
-from moac.spec import AgentSpec, BudgetSpec, ModelSpec, PipelineSpec, ProviderSpec, QualitySpec
+from moac.ir.spec import AgentSpec, BudgetSpec, ModelSpec, PipelineSpec, ProviderSpec, QualitySpec
 
 FINAL_STAGE = "aggregate"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from moac.constants import PLAN_FORMAT_VERSION
-from moac.spec import BudgetSpec, ModelSpec, ProviderSpec, RouteSpec, Sampling, Spec
+from moac.ir.spec import BudgetSpec, ModelSpec, ProviderSpec, RouteSpec, Sampling, Spec
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -181,7 +181,7 @@ class RoutePlan:
     """A route, lowered: its spec, each candidate's plan (lowered with the route's budget)
     and that budget. It reads like a :class:`Plan` where a run needs one (``pipeline`` is the
     route's name; ``providers`` and ``models`` cover every candidate), so a
-    :class:`moac.run.Runner` runs either; :class:`moac.router.RouteExecutor` chooses, query
+    :class:`moac.run.Runner` runs either; :class:`moac.run.router.RouteExecutor` chooses, query
     by query, which candidate answers."""
 
     route: RouteSpec

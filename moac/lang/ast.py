@@ -1,7 +1,7 @@
 """The typed syntax tree of a ``.moa`` file.
 
 Frozen dataclasses built after parsing (as in lark's ``examples/advanced/create_ast.py``);
-every node carries the :class:`~moac.diagnostics.Span` it came from. Spans and comments take
+every node carries the :class:`~moac.lang.diagnostics.Span` it came from. Spans and comments take
 no part in equality, so ``parse(fmt(tree)) == tree`` compares meaning, not layout.
 Nothing here imports lark.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from moac.diagnostics import Span
+from moac.lang.diagnostics import Span
 
 NO_SPAN = Span(0, 0, 0, 0, 0, 0)
 

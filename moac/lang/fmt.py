@@ -27,9 +27,9 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-from moac import ast
-from moac.parser import parse
-from moac.tree_to_ast import unquote
+from moac.lang import ast
+from moac.lang.parser import parse
+from moac.lang.tree_to_ast import unquote
 
 WIDTH = 100
 STEP = "  "

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from moac import ast
-from moac.diagnostics import Diagnostic, MoaSyntaxError
-from moac.parser import parse, read_file
+from moac.lang import ast
+from moac.lang.diagnostics import Diagnostic, MoaSyntaxError
+from moac.lang.parser import parse, read_file
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Text to :class:`moac.ast.Module`: read, decode, lex, parse, build the tree.
+"""Text to :class:`moac.lang.ast.Module`: read, decode, lex, parse, build the tree.
 
-With :mod:`moac.syntax_errors` and :mod:`moac.tree_to_ast`, the only modules that import lark. The LALR parser is built once per process, from a cache
+With :mod:`moac.lang.syntax_errors` and :mod:`moac.lang.tree_to_ast`, the only modules that import lark. The LALR parser is built once per process, from a cache
 file under the user cache directory when one can be written (building it costs about 200 ms;
 loading it about 2 ms). Every failure becomes a :class:`MoaSyntaxError` whose diagnostics
 name what was expected in the words a user types.
@@ -20,11 +20,11 @@ import lark
 from lark import Lark, Token
 from lark.exceptions import UnexpectedInput, VisitError
 
-from moac import ast
+from moac.lang import ast
 from moac.constants import MAX_SOURCE_BYTES
-from moac.diagnostics import Diagnostic, MoaSyntaxError, Span
-from moac.syntax_errors import syntax_diagnostic
-from moac.tree_to_ast import TreeToAst
+from moac.lang.diagnostics import Diagnostic, MoaSyntaxError, Span
+from moac.lang.syntax_errors import syntax_diagnostic
+from moac.lang.tree_to_ast import TreeToAst
 
 _OPENERS = {"LPAR", "LSQB"}
 _CLOSERS = {"RPAR", "RSQB"}
@@ -32,10 +32,11 @@ _CLOSERS = {"RPAR", "RSQB"}
 
 def grammar_path() -> Path:
     """The shipped grammar: inside the package when installed, ``grammar/`` in a checkout."""
-    installed = Path(__file__).parent / "grammar" / "moa.lark"
+    package = Path(__file__).resolve().parents[1]         # moac/
+    installed = package / "grammar" / "moa.lark"
     if installed.is_file():
         return installed
-    return Path(__file__).parent.parent / "grammar" / "moa.lark"
+    return package.parent / "grammar" / "moa.lark"
 
 
 class _Newlines:

@@ -1,6 +1,6 @@
 """Lark's parse failures in the words a user types: `']'`, `a name`, `end of file`.
 
-Part of the parser stage (it reads lark's exceptions); :mod:`moac.parser` calls
+Part of the parser stage (it reads lark's exceptions); :mod:`moac.lang.parser` calls
 :func:`syntax_diagnostic` and nothing else here.
 """
 
@@ -10,7 +10,7 @@ import lark
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from moac.diagnostics import Diagnostic, Span
+from moac.lang.diagnostics import Diagnostic, Span
 
 _WORDS = {
     "NAME": "a name",

@@ -1,4 +1,4 @@
-"""The lark parse tree to :mod:`moac.ast` nodes, and string-literal semantics.
+"""The lark parse tree to :mod:`moac.lang.ast` nodes, and string-literal semantics.
 
 Part of the parser stage. :class:`TreeToAst` records bad escapes as diagnostics instead of
 raising, so one run reports all of them.
@@ -10,9 +10,9 @@ import re
 
 from lark import Token, Transformer, v_args
 
-from moac import ast
-from moac.diagnostics import Diagnostic, Span
-from moac.syntax_errors import token_span
+from moac.lang import ast
+from moac.lang.diagnostics import Diagnostic, Span
+from moac.lang.syntax_errors import token_span
 
 _QUANTITY = re.compile(
     r"(?P<neg>-)?(?P<dollar>\$)?(?P<number>[0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"

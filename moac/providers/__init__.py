@@ -1,5 +1,9 @@
-"""The HTTP layer the executor calls: OpenAI-compatible chat completions with one retry
-loop, typed errors, per-provider limits and byte-level server-sent-events decoding.
+"""The provider stage: the HTTP layer the executor calls. OpenAI-compatible chat completions
+with one retry loop, typed errors, per-provider limits, byte-level server-sent-events
+decoding, and the embedded llama.cpp server (:mod:`.local`).
+
+Takes chat requests and provider declarations (:mod:`moac.ir.spec`); gives call results and
+typed errors. May import :mod:`moac.ir` and aiohttp; never the run stage above it.
 
     session = make_session(providers)
     client = OpenAICompatibleClient(session, provider, resolve_api_key(provider, os.environ))

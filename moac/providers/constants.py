@@ -1,7 +1,7 @@
 """Tunables of the provider layer, kept in one place as openai-python keeps ``_constants.py``.
 
 Per-provider settings (timeouts, retries, parallelism) come from the ``.moa`` file through
-:class:`moac.spec.ProviderSpec`; their defaults live in :mod:`moac.constants`. What is here
+:class:`moac.ir.spec.ProviderSpec`; their defaults live in :mod:`moac.constants`. What is here
 applies to every provider.
 """
 

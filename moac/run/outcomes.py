@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from moac.trace import SkippedNode
+from moac.traces.trace import SkippedNode
 
 
 @dataclass

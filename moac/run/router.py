@@ -1,6 +1,6 @@
 """Run a route: for each query, choose a candidate pipeline and run it, paying nothing twice.
 
-:class:`RouteExecutor` has the interface of :class:`moac.executor.Executor` (``run``,
+:class:`RouteExecutor` has the interface of :class:`moac.run.executor.Executor` (``run``,
 ``worst_case_usd``), so a :class:`moac.run.Runner` given a :class:`moac.ir.RoutePlan` runs
 routes exactly as it runs pipelines: batches, resume, streaming, the run's budget.
 
@@ -18,7 +18,7 @@ Contract of :meth:`RouteExecutor.run`, on top of the executor's:
   reading the answers already paid for. A shared stage below its quorum fails the query as
   it would have failed the target.
 - **Budget after the shared stages.** With their answers' real lengths known, the target's
-  remaining calls are estimated again (:meth:`~moac.executor.Executor.remaining_usd`, the
+  remaining calls are estimated again (:meth:`~moac.run.executor.Executor.remaining_usd`, the
   budget's mode); when they no longer fit what is left of ``max_usd``, the early exit
   finishes instead (a ``budget`` decision), before the agreement is even weighed.
 - **One query, one ledger, one deadline.** The per-query budget (the route's limits) covers
@@ -36,13 +36,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
-from moac.executor import (
+from moac.run.executor import (
     BudgetLedger, BudgetRefused, ChatClient, Executor, Messages, QueryResult, _Query,
     as_history,
 )
 from moac.ir import RoutePlan
-from moac.prompts import messages_tokens
-from moac.trace import RouteDecisionRecord, TraceWriter
+from moac.ir.prompts import messages_tokens
+from moac.traces.trace import RouteDecisionRecord, TraceWriter
 from planner.agreement import agreement
 from planner.quality import QualityModel
 from planner.route import (
@@ -53,7 +53,7 @@ _ASSESSMENTS_KEPT = 4096  # prompt lengths whose estimates are cached
 
 
 class RouteExecutor:
-    """Runs a :class:`~moac.ir.RoutePlan`: one :class:`~moac.executor.Executor` per
+    """Runs a :class:`~moac.ir.RoutePlan`: one :class:`~moac.run.executor.Executor` per
     candidate, all sharing the clients, trace, run id and run ledger."""
 
     def __init__(self, route_plan: RoutePlan, clients: Mapping[str, ChatClient], *,
@@ -106,7 +106,7 @@ class RouteExecutor:
                   on_restart: Callable[[str, str], None] | None = None,
                   admission: str = "fail") -> QueryResult:
         """Choose and answer (see the module docstring); ``admission`` as in
-        :meth:`moac.executor.Executor.run`."""
+        :meth:`moac.run.executor.Executor.run`."""
         history = as_history(prompt)
         choice = self.choose(history)
         first = choice.target or next(iter(self.executors))

@@ -1,6 +1,6 @@
 """Running plans for real: one prompt (awaited or streamed), many, or a resumable batch.
 
-    from moac.run import Runner, run_plan
+    from moac.run import Runner, run_plan        # re-exported by the package
 
     result = await run_plan(plan, "What is a Mixture-of-Agents?")      # one QueryResult
     results = await run_plan(plan, ["first", "second"], concurrency=8)  # in the given order
@@ -39,19 +39,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from moac.batch_files import (  # noqa: F401 (re-exported: part of moac.run's API)
+from moac.run.batch_files import (  # noqa: F401 (re-exported: part of moac.run's API)
     _ANSWER_FIELDS, PROMPT_FIELDS, PromptItem, RunError, _open_append, answered,
     compact_answers, load_prompts, read_answers,
 )
 from moac.constants import DEFAULT_RUN_CONCURRENCY
-from moac.executor import (
+from moac.run.executor import (
     BudgetLedger, BudgetRefused, ChatClient, Executor, QueryResult, retry_sleep,
 )
 from moac.ir import Plan, RoutePlan
 from moac.providers.errors import MissingApiKey, ProviderError
 from moac.providers.limits import ProviderLimiter
 from moac.providers.openai import OpenAICompatibleClient, make_session, resolve_api_key
-from moac.trace import RunHeader, TraceWriter, jsonl_safe, price_table_sha256, sha256_file
+from moac.traces.trace import RunHeader, TraceWriter, jsonl_safe, price_table_sha256, sha256_file
 
 
 # --- streaming -----------------------------------------------------------------------------
@@ -76,7 +76,7 @@ _END = object()
 
 class AnswerStream:
     """An async iterator of :class:`Delta` and :class:`Restart` events for one query;
-    :attr:`result` holds the :class:`~moac.executor.QueryResult` once iteration ends (and
+    :attr:`result` holds the :class:`~moac.run.executor.QueryResult` once iteration ends (and
     iteration re-raises what the run raised). Leaving early: ``await stream.aclose()``."""
 
     def __init__(self, runner: "Runner", prompt, query_id: str):
@@ -157,7 +157,7 @@ class Runner:
                 if max_usd_total is not None else None
         self.run_id = uuid.uuid4().hex[:12]
         self._given_clients = clients
-        # A response cache (moac.cache.ResponseCache): "record" answers repeats from it and
+        # A response cache (moac.run.cache.ResponseCache): "record" answers repeats from it and
         # stores new answers; "replay" answers only from it, so it needs no key and no
         # server, and a request it has not recorded fails the call (CacheMiss).
         self.cache, self.cache_mode = cache, cache_mode if cache is not None else None
@@ -182,7 +182,7 @@ class Runner:
 
     async def __aenter__(self) -> "Runner":
         if self._given_clients is None and self.cache_mode == "replay":
-            from moac.cache import CachingClient
+            from moac.run.cache import CachingClient
             clients = {name: CachingClient(None, self.cache, "replay", provider=name)
                        for name in self.plan.providers}
         elif self._given_clients is None:
@@ -205,7 +205,7 @@ class Runner:
         else:
             clients = dict(self._given_clients)
         if self.cache_mode == "record":
-            from moac.cache import CachingClient
+            from moac.run.cache import CachingClient
             clients = {name: CachingClient(client, self.cache, "record", provider=name)
                        for name, client in clients.items()}
         try:
@@ -225,7 +225,7 @@ class Runner:
 
     def _executor(self, clients: Mapping[str, ChatClient]):
         if isinstance(self.plan, RoutePlan):
-            from moac.router import RouteExecutor  # loads the planner's routing
+            from moac.run.router import RouteExecutor  # loads the planner's routing
             return RouteExecutor(self.plan, clients, trace=self.trace, run_id=self.run_id,
                                  run_ledger=self.run_ledger)
         return Executor(self.plan, clients, trace=self.trace, run_id=self.run_id,
@@ -281,7 +281,7 @@ class Runner:
 
     async def answer_item(self, item: PromptItem) -> tuple[str, list[QueryResult]]:
         """Every turn of an item, each turn seeing the conversation so far. Raises
-        :class:`~moac.executor.BudgetRefused` when the run cannot admit the first turn."""
+        :class:`~moac.run.executor.BudgetRefused` when the run cannot admit the first turn."""
         history: list[dict] = []
         results: list[QueryResult] = []
         for number, turn in enumerate(item.turns, 1):

@@ -1,6 +1,6 @@
 """``moac trace summarize``: what a trace says, per model and per layer.
 
-Contract: :func:`summarize` is a pure function of trace records (as :func:`moac.trace.read_trace`
+Contract: :func:`summarize` is a pure function of trace records (as :func:`moac.traces.trace.read_trace`
 returns them; unknown or torn lines are ignored) and :func:`render_summary` of its result.
 Counted per model and per layer: calls (agent calls that started), attempts (HTTP attempts,
 retries included), failed and cancelled attempts, calls skipped (budget, deadline, an earlier
@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from moac.trace import read_trace
+from moac.traces.trace import read_trace
 
 
 def percentile(values: list[float], q: float) -> float | None:
