@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A unit is a folder (``moac.run``) or a top-level module (``moac.compiler``).
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"moac.constants", "moac.data", "moac.traces"}),
+    frozenset({"moac.constants", "moac.text"}),
+    frozenset({"moac.data", "moac.traces"}),
     frozenset({"moac.lang", "moac.ir"}),
     frozenset({"planner", "moac.providers"}),
     frozenset({"moac.checks"}),
@@ -36,7 +37,7 @@ AIOHTTP_ALLOWED = {"moac.providers", "moac.run", "moac.evaluation", "moac.serve"
                    "moac.cli"}
 # What `moac check` and `moac compile` load: none of it may reach aiohttp at import time.
 BEFORE_RUN = {"moac.lang", "moac.ir", "moac.checks", "planner", "moac.traces",
-              "moac.compiler", "moac.constants", "moac.data"}
+              "moac.compiler", "moac.constants", "moac.text", "moac.data"}
 
 
 def module_name(path: Path) -> str:

@@ -96,6 +96,7 @@ def cmd_run(args) -> int:
     from moac.constants import DEFAULT_RUN_CONCURRENCY
     from moac.run import Runner, default_answers_path, load_prompts
     from moac.ir.spec import RouteSpec
+    from moac.text import from_argv, from_bytes
     program = compile_file(existing_path(args.file))
     selected = program.select(args.pipeline)
     concurrency = DEFAULT_RUN_CONCURRENCY if args.concurrency is None else args.concurrency
@@ -113,9 +114,11 @@ def cmd_run(args) -> int:
     try:
         items = None
         if args.prompts is not None:
-            items = load_prompts(args.prompts)
+            items = load_prompts(existing_path(args.prompts))
         elif args.prompt == "-":
-            args.prompt = sys.stdin.read()
+            args.prompt = from_bytes(sys.stdin.buffer.read())
+        else:
+            args.prompt = from_argv(args.prompt)
         if items is None and not args.prompt.strip():
             raise UsageError("--prompt is empty")
         cache, mode = open_cache(args)

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 from pydantic import SecretStr
 
 from moac.providers.constants import MAX_STORED_BODY_CHARS, MIN_SECRET_FRAGMENT, REDACTED
+from moac.text import from_bytes, valid_text
 
 # "Authorization: Bearer <token>" echoed back, and key-shaped words (sk-..., possibly with the
 # asterisks a provider puts in the middle of an echoed key).
@@ -77,8 +78,7 @@ def stored_body(body: str | bytes | None, secrets: Iterable[str | SecretStr | No
     """A raw body as it may be kept: decoded leniently, redacted, then truncated."""
     if body is None:
         return None
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", errors="replace")
+    body = from_bytes(body) if isinstance(body, bytes) else valid_text(body)
     # Cut well past the stored length first (a 64 KiB HTML page need not be scanned), then
     # redact, then cut to length: a key straddling the first cut leaves a fragment the
     # fragment rule still catches, and one straddling the last cut is already gone.
@@ -100,7 +100,7 @@ class ProviderError(Exception):
                  should_retry: bool | None = None,
                  secrets: Iterable[str | SecretStr | None] = ()) -> None:
         secrets = _secret_values(secrets)
-        self.message = redact(message, secrets)
+        self.message = valid_text(redact(message, secrets))
         self.provider = provider
         self.model = model
         self.status = status
@@ -170,9 +170,12 @@ class ConnectionFailed(ProviderError):
 
 class MalformedResponse(ProviderError):
     """A 2xx whose content is unusable. ``what`` is one of ``non_json``, ``no_choices``,
-    ``null_content``, ``error_object`` (an ``error`` in a 200 body or mid-stream) and
-    ``truncated`` (a stream ended with neither ``[DONE]`` nor a ``finish_reason``, or the
-    body was cut). Retried like a payload error: these are proxies' and gateways' hiccups."""
+    ``null_content``, ``error_object`` (an ``error`` in a 200 body or mid-stream),
+    ``truncated`` (a stream ended with neither ``[DONE]`` nor a ``finish_reason``, the body
+    was cut, or it held no events), ``not_an_answer`` (an HTML page or other non-answer
+    content type) and ``too_large`` (past the bytes any answer to its ``max_tokens`` takes:
+    not retried). Retried like a payload error otherwise: these are proxies' and gateways'
+    hiccups."""
     retryable_default = True
 
     def __init__(self, message: str, *, what: str, **fields: Any) -> None:

@@ -19,6 +19,7 @@ from moac.providers.errors import (
     ProviderError, RateLimited, ServerError, redact,
 )
 from moac.providers.retry import parse_retry_after, parse_should_retry
+from moac.text import valid_json
 
 # Phrases providers use for "prompt + max_tokens > context window" (OpenAI, vLLM, TGI,
 # Together, Anthropic-compatible gateways).
@@ -26,6 +27,7 @@ _CONTEXT_LENGTH = re.compile(
     r"(?i)context[_ ]length|maximum context|context window|prompt is too long|"
     r"too many tokens|max_tokens.{0,40}(?:exceed|too large)|reduce the length")
 _BAD = object()
+_SURROGATE_ESCAPES = {False: ("\\ud", "\\uD"), True: (b"\\ud", b"\\uD")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +47,19 @@ class Where:
 
 
 def loads(text: str | bytes) -> Any:
-    """JSON or the sentinel ``_BAD``; never raises (see the module docstring)."""
+    """JSON or the sentinel ``_BAD``; never raises (see the module docstring). Strings in it
+    that JSON escapes made invalid (a lone ``"\\ud800"``) are repaired: text from a
+    provider must be encodable wherever it goes next (a request, a trace, a cache)."""
     try:
-        return json.loads(text)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        obj = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
         return _BAD
+    # Only a \uD800-\uDFFF escape can put a surrogate in a parsed string (escaped emoji,
+    # valid pairs, match too: repairing those changes nothing).
+    escapes = _SURROGATE_ESCAPES[isinstance(text, bytes)]
+    if escapes[0] in text or escapes[1] in text:
+        obj = valid_json(obj)
+    return obj
 
 
 def error_message(body: str) -> str:
@@ -80,6 +90,38 @@ def http_error(status: int, headers: Mapping[str, str], body: str, where: Where,
     if 400 <= status < 500 and _CONTEXT_LENGTH.search(body):
         return ContextLengthExceeded(f"context length exceeded: {detail}", **fields)
     return BadRequest(f"request refused: {detail}", **fields)
+
+
+def too_large(limit: int, max_tokens: int | None, where: Where, *,
+              declared: int | None = None) -> MalformedResponse:
+    """The error for a response past its byte bound (not retried: a server that ignores
+    ``max_tokens`` will do it again)."""
+    size = f"declared {declared:,} bytes" if declared is not None else \
+        f"passed {limit:,} bytes"
+    asked = f" for max_tokens {max_tokens:,}" if max_tokens is not None else ""
+    return MalformedResponse(f"the response {size}, more than any answer{asked} can take: "
+                             "stopped reading", what="too_large", retryable=False,
+                             **where.fields(status=200))
+
+
+def too_long(text_bytes: int, max_tokens: int, where: Where) -> MalformedResponse:
+    """The error for an answer longer than ``max_tokens`` can be (not retried)."""
+    return MalformedResponse(f"the answer holds {text_bytes:,} bytes, more than an answer of "
+                             f"max_tokens {max_tokens:,} can: the server ignored max_tokens",
+                             what="too_large", retryable=False, **where.fields(status=200))
+
+
+_TITLE = re.compile(rb"(?is)<title[^>]*>(.*?)</title>")
+
+
+def unexpected_body(content_type: str, raw: bytes, where: Where) -> MalformedResponse:
+    """The error for a 2xx whose body is not an answer (an HTML page...): what came back."""
+    title = _TITLE.search(raw)
+    text = (title.group(1) if title else raw).decode("utf-8", "replace")
+    first = " ".join(text.split())[:160]
+    shown = f": {where.detail(first)!r}" if first else " (empty)"
+    return MalformedResponse(f"expected JSON or server-sent events, got {content_type}{shown}",
+                             what="not_an_answer", **where.fields(status=200, body=raw))
 
 
 def _error_object(obj: Any) -> Any:
@@ -117,7 +159,8 @@ class StreamState:
     """What a streamed answer has said so far. :meth:`event` takes one SSE data payload and
     returns its text delta; :meth:`finish` checks how the stream ended."""
 
-    __slots__ = ("where", "parts", "finish_reason", "usage", "saw_content", "refusal")
+    __slots__ = ("where", "parts", "finish_reason", "usage", "saw_content", "refusal",
+                 "events")
 
     def __init__(self, where: Where) -> None:
         self.where = where
@@ -126,12 +169,14 @@ class StreamState:
         self.usage: dict | None = None
         self.saw_content = False
         self.refusal = False
+        self.events = 0  # events seen (a body with none was no stream)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
     def event(self, data: str) -> str:
+        self.events += 1
         obj = loads(data)
         if obj is _BAD or not isinstance(obj, dict):
             raise MalformedResponse("a stream event is not a JSON object", what="non_json",
@@ -162,9 +207,16 @@ class StreamState:
                 return content
         return ""
 
-    def finish(self, saw_done: bool) -> None:
-        """Raise if the stream did not end as a complete answer."""
+    def finish(self, saw_done: bool, head: bytes = b"") -> None:
+        """Raise if the stream did not end as a complete answer; ``head`` (the first bytes
+        of the body) says what came back when it was no stream at all."""
         fields = self.where.fields(status=200)
+        if not saw_done and not self.events:
+            shown = " ".join(head.decode("utf-8", "replace").split())[:160]
+            raise MalformedResponse(
+                "the response held no server-sent events" +
+                (f"; it began {self.where.detail(shown)!r}" if shown else " (the body was empty)"),
+                what="truncated", **self.where.fields(status=200, body=head))
         if self.finish_reason == "content_filter" or (self.refusal and not self.parts):
             raise ContentFiltered("the provider's content filter stopped the answer", **fields)
         if not saw_done and self.finish_reason is None:

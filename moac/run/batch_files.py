@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from moac.text import json_bytes, valid_json
 from moac.traces.trace import jsonl_safe, read_jsonl
 
 
@@ -50,21 +51,20 @@ def load_prompts(path: str) -> list[PromptItem]:
         raise RunError(f"{path}: not UTF-8 text") from None
     rows: list = []
     if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise RunError(f"{path}: not valid JSON: {error}") from None
+        rows = _json(text, f"{path}: not valid JSON")
+        if not isinstance(rows, list):
+            raise RunError(f"{path}: not a JSON array")
     else:
         for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise RunError(f"{path}:{number}: not a JSON line: {error.msg}") from None
+            if line.strip():
+                rows.append(_json(line, f"{path}:{number}: not a JSON line"))
+    if not rows:
+        raise RunError(f"{path}: no prompts in it (expected JSON lines or a JSON array of "
+                       "items with 'instruction', 'prompt' or 'turns')")
     items: list[PromptItem] = []
     seen: set[str] = set()
     for index, row in enumerate(rows):
+        row = valid_json(row)  # the file's text may hold escapes no UTF-8 can encode
         if isinstance(row, str):
             row = {"prompt": row}
         if not isinstance(row, dict):
@@ -81,6 +81,17 @@ def load_prompts(path: str) -> list[PromptItem]:
         seen.add(ident)
         items.append(PromptItem(ident, turns, field_name, row))
     return items
+
+
+def _json(text: str, what: str):
+    """One JSON value of a prompts file, or :class:`RunError` saying where and why."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RunError(f"{what}: {error.msg} (line {error.lineno}, column {error.colno})"
+                       ) from None
+    except RecursionError:
+        raise RunError(f"{what}: its brackets nest too deeply to read") from None
 
 
 # --- answers files ----------------------------------------------------------------------------
@@ -124,7 +135,7 @@ def compact_answers(path: str, items: Sequence[PromptItem]) -> None:
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "wb") as handle:
         for key in wanted + rest:
-            handle.write(jsonl_safe(json.dumps(best[key], ensure_ascii=False).encode()) + b"\n")
+            handle.write(jsonl_safe(json_bytes(best[key])) + b"\n")
     os.replace(temporary, path)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import sqlite3
 import threading
 import time
@@ -47,6 +46,7 @@ from moac.constants import (
 )
 from moac.providers.errors import ProviderError
 from moac.providers.openai import Attempt, CallResult, ChatRequest, Usage
+from moac.text import json_bytes
 
 Mode = Literal["record", "replay"]
 
@@ -82,9 +82,8 @@ def request_key(request: ChatRequest) -> str:
     }
     if request.occurrence:  # the second unseeded copy in a query is another answer
         canonical["occurrence"] = request.occurrence
-    text = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(json_bytes(canonical, sort_keys=True, separators=(",", ":"),
+                                     allow_nan=False)).hexdigest()
 
 
 def clamped_alias(request: ChatRequest) -> str:

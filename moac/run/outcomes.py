@@ -27,6 +27,7 @@ class CallOutcome:
     answer_tokens: int | None = None  # the answer's length as its provider reported it
     cached_usd: float = 0.0     # what its answers from a response cache would have cost
     cached_tflops: float = 0.0
+    left_out: bool = False      # skipped for its budget or context: the stage shrinks
 
     @property
     def ok(self) -> bool:
@@ -64,6 +65,7 @@ class QueryResult:
     pipeline: str | None = None   # the pipeline that ran (a route's choice)
     route: str | None = None      # the route that chose it, if any
     decisions: list[dict[str, Any]] = field(default_factory=list)  # the route's steps
+    fit: list[str] = field(default_factory=list)  # how the plan was fit to its budget/context
 
     @property
     def ok(self) -> bool:
@@ -80,6 +82,14 @@ class QueryResult:
     @property
     def started_calls(self) -> int:
         return sum(1 for call in self.calls if call.status != "skipped")
+
+    @classmethod
+    def broken(cls, query_id: str, error: str) -> "QueryResult":
+        """A query that could not be carried out at all (its data could not be used): it
+        fails alone, with ``error`` named, and a batch goes on."""
+        return cls(query_id=query_id, status="failed", answer=None, answered_by=None,
+                   cost_usd=0.0, prompt_tokens=0, completion_tokens=0, tflops=0.0,
+                   latency_s=0.0, critical_path=[], critical_path_s=0.0, errors=[error])
 
     def raise_for_status(self) -> "QueryResult":
         if not self.ok:

@@ -34,6 +34,9 @@ import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticSerializationError
+
+from moac.text import json_bytes, valid_json
 
 CallStatus = Literal["ok", "failed", "cancelled", "skipped"]
 QueryStatus = Literal["ok", "failed", "cancelled"]
@@ -132,6 +135,7 @@ class QueryRecord(Record):
     skipped: list[SkippedNode] = []
     route: str | None = None
     cached_usd: float = 0.0  # what the answers from a response cache would have cost
+    fit: list[str] = []  # how the plan was fit to this query's budget and contexts
 
 
 class RouteDecisionRecord(Record):
@@ -196,7 +200,13 @@ class TraceWriter:
 
     def write(self, record: Record) -> None:
         # One unbuffered write per line: the OS has it before this returns.
-        self._handle.write(jsonl_safe(record.__pydantic_serializer__.to_json(record)) + b"\n")
+        try:
+            line = record.__pydantic_serializer__.to_json(record)
+        except PydanticSerializationError:
+            # A string no UTF-8 can hold (a lone surrogate that slipped past the repairs at
+            # the doors): repaired on a copy, so the line is written rather than lost.
+            line = json_bytes(record.model_dump(mode="python"), separators=(",", ":"))
+        self._handle.write(jsonl_safe(line) + b"\n")
 
     def close(self) -> None:
         self._handle.close()
@@ -233,7 +243,9 @@ def read_trace(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, one a line; blank lines, torn lines (a killed
-    writer's) and lines that are not objects are skipped."""
+    writer's), lines nested too deep to read and lines that are not objects are skipped.
+    Strings are made valid (:func:`moac.text.valid_json`): a line may have been written by
+    anything."""
     records = []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
@@ -242,10 +254,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(record, dict):
-                records.append(record)
+                records.append(valid_json(record))
     return records
 
 
