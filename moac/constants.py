@@ -42,9 +42,22 @@ DEFAULT_MAX_RETRIES = 2
 # --- running ---------------------------------------------------------------------------
 # A query with no latency budget still ends: one deadline around the whole DAG.
 DEFAULT_QUERY_DEADLINE_S = 600.0
-# Budget reservations multiply estimated prompt tokens by this, since the estimate counts
-# characters, not the provider's tokens.
-BUDGET_TOKEN_MARGIN = 1.25
+
+# --- the budget's upper bounds (what a provider can bill, whatever its tokeniser) ----------
+# A budget hold must be a true upper bound, not an estimate: no tokeniser moac knows is at
+# hand, and four characters a token is wrong by 2x for "a a a a" and by 3-4x for CJK or
+# emoji. Every byte-level BPE tokeniser (GPT, Llama 3, Qwen, Mistral...) and every
+# sentencepiece one with byte fallback makes at most one token per UTF-8 byte of text, so
+# the bytes are the ceiling; chat templates add a few special tokens per message (role
+# markers, separators, a BOS), and this many is more than any of them adds.
+MAX_TEMPLATE_TOKENS_PER_MESSAGE = 16
+# ...and per request (the assistant turn's header the template opens for the answer).
+MAX_TEMPLATE_TOKENS_PER_REQUEST = 16
+# An answer of max_tokens holds at most this many UTF-8 bytes a token, on average: English
+# averages about 4.5, code 3-5, CJK 3-6, emoji runs up to 8; 16 is past any real answer, and
+# the client refuses an answer longer than that (a server ignoring max_tokens). It bounds
+# what a later layer reads before the answers exist: the worst case a query is admitted on.
+MAX_ANSWER_BYTES_PER_TOKEN = 16
 
 # --- the aggregate-and-synthesize prompt ---------------------------------------------
 # The slot that receives the earlier layer's answers, numbered "1. ...", "2. ...".

@@ -62,10 +62,18 @@ def expected_text(model: str, messages: Any, *, tokens: int = DEFAULT_TOKENS,
     return "".join(parts[:max_tokens] if max_tokens is not None else parts)
 
 
-def prompt_tokens(messages: Any) -> int:
+def prompt_tokens(messages: Any, count: str = "fake") -> int:
     """The fake's own prompt count: deliberately not moac's estimate, so tests can tell
-    a reported count from an estimated one."""
-    return sum(len(str(m.get("content", ""))) // 4 + 5 for m in messages if isinstance(m, dict))
+    a reported count from an estimated one. ``count`` says how densely it tokenises:
+    ``fake`` (characters / 4, plus 5 a message), ``words`` (a token per word, as a real
+    tokeniser counts "a a a a"), ``bytes`` (a token per UTF-8 byte: the densest any
+    byte-level tokeniser can be) plus 3 a message."""
+    texts = [str(m.get("content", "")) for m in messages if isinstance(m, dict)]
+    if count == "words":
+        return sum(len(t.split()) + 3 for t in texts)
+    if count == "bytes":
+        return sum(len(t.encode("utf-8", "surrogatepass")) + 3 for t in texts)
+    return sum(len(t) // 4 + 5 for t in texts)
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,11 @@ class Behavior:
     keepalive: bool = False           # ": keep-alive" comments between events
     ignore_stream: bool = False       # answer a stream request with one JSON body (some do)
     text: str | None = None           # answer exactly this (a token per word) instead
+    count: str = "fake"               # how prompt tokens are counted (see prompt_tokens)
+    ascii_json: bool = False          # JSON with \\u escapes (a lone surrogate as "\\ud800")
+    claim_usage: dict | None = None   # report this usage whatever was sent (a lying server)
+    flood_bytes: int | None = None    # ignore max_tokens: answer this many bytes of text
+    html_200: bool = False            # a proxy's HTML page with status 200
 
     @classmethod
     def rate_limited(cls, retry_after: float | str | None = 1, *,
@@ -153,6 +166,9 @@ class FakeOpenAI:
         self._queues: dict[str | None, deque[Behavior]] = {}
         self._numbered: dict[int, Behavior] = {}
         self.requests: list[RecordedRequest] = []
+        # (model, prompt tokens, completion tokens) of every answer, as its usage reported
+        # them: what a real provider would bill.
+        self.billed: list[tuple[str, int, int]] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._count = 0
@@ -182,6 +198,7 @@ class FakeOpenAI:
         self._queues.clear()
         self._numbered.clear()
         self.requests.clear()
+        self.billed.clear()
         self._count = self.max_in_flight = 0
 
     def _behavior(self, number: int, model: str | None) -> Behavior:
@@ -292,6 +309,10 @@ class FakeOpenAI:
         if body is None:
             return web.json_response({"error": {"message": "expected a JSON body with messages",
                                                 "type": "invalid_request_error"}}, status=400)
+        if b.html_200:
+            return web.Response(text="<html><head><title>502 Bad Gateway</title></head><body>"
+                                     "<h1>502 Bad Gateway</h1><hr>nginx</body></html>",
+                                content_type="text/html", headers=headers)
         model = str(body.get("model"))
         text = b.text
         if model in self.responders:
@@ -300,11 +321,17 @@ class FakeOpenAI:
             else [word for word in re.split(r"(?=\s)", text) if word]
         finish = b.finish_reason or "stop"
         max_tokens = body.get("max_tokens")
-        if isinstance(max_tokens, int) and max_tokens < len(tokens):
+        if b.flood_bytes is not None:
+            tokens = ["x" * 1000] * (b.flood_bytes // 1000)
+        elif isinstance(max_tokens, int) and max_tokens < len(tokens):
             tokens, finish = tokens[:max_tokens], b.finish_reason or "length"
-        usage = {"prompt_tokens": prompt_tokens(body["messages"]),
+        usage = {"prompt_tokens": prompt_tokens(body["messages"], b.count),
                  "completion_tokens": len(tokens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if b.claim_usage is not None:
+            usage = dict(b.claim_usage)
+        self.billed.append((model, usage.get("prompt_tokens", 0),
+                            usage.get("completion_tokens", 0)))
         base = {"id": f"chatcmpl-fake-{self._count}", "created": int(time.time()),
                 "model": model}
         if body.get("stream") and not b.ignore_stream:
@@ -325,7 +352,7 @@ class FakeOpenAI:
                 "role": "assistant", "content": None if b.null_content else "".join(tokens)}}]
         if not b.missing_usage:
             answer["usage"] = usage
-        return web.Response(text=json.dumps(answer, ensure_ascii=False), headers=headers,
+        return web.Response(text=json.dumps(answer, ensure_ascii=b.ascii_json), headers=headers,
                             content_type="application/json")
 
     async def _stream(self, request: web.Request, b: Behavior, base: dict, tokens: list[str],
@@ -353,7 +380,7 @@ class FakeOpenAI:
                 await asyncio.sleep(b.chunk_pause_s)
 
         async def event(obj: Any) -> None:
-            await write(f"data: {json.dumps(obj, ensure_ascii=False)}{eol}{eol}")
+            await write(f"data: {json.dumps(obj, ensure_ascii=b.ascii_json)}{eol}{eol}")
 
         def chunk(delta: dict, finish_reason: str | None = None) -> dict:
             return {**base, "object": "chat.completion.chunk", "choices": [

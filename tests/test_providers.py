@@ -138,14 +138,18 @@ def test_length_is_a_success_flagged_truncated(stream):
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_missing_usage_is_estimated_and_flagged(stream):
+def test_missing_usage_is_counted_at_its_upper_bounds_and_flagged(stream):
+    """With no usage, what the provider may have billed is not guessed low: the prompt at a
+    token per UTF-8 byte (plus template overheads), the answer the same, up to max_tokens."""
     async def test(h: Harness):
         h.server.set_default(Behavior(missing_usage=True))
         req = request(stream)
         result = await h.client.chat(req)
         assert not result.usage.reported and not result.attempts[0].tokens_reported
-        assert result.usage.prompt_tokens == req.estimated_prompt_tokens() > 0
-        assert result.usage.completion_tokens == estimate_tokens(result.text) > 0
+        assert result.usage.prompt_tokens == req.max_prompt_tokens() > \
+            len("".join(m["content"] for m in MESSAGES).encode())
+        assert result.usage.completion_tokens == \
+            min(len(result.text.encode()), req.answer_limit) > estimate_tokens(result.text)
     run(test)
 
 

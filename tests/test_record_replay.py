@@ -142,8 +142,10 @@ pipeline lite from full {
 
 
 def test_a_run_the_budget_clamped_replays_whole(tmp_path):
-    """Recording, the budget clamps the third proposer's max_tokens; replaying, the cached
-    answers are counted at their recorded price, so the same calls are made and found."""
+    """Recording, the budget clamps the third proposer's max_tokens (each proposer's worst
+    case is $0.087 and its cost $0.014: the first two take turns holding it, the third finds
+    room for 44 tokens only); replaying, the cached answers are counted at their recorded price, so the same
+    calls are made and found."""
     import moac
     from moac.run.cache import ResponseCache
     from moac.run import Runner
@@ -173,7 +175,7 @@ pipeline three {{
   aggregate b
 }}
 budget {{
-  max_usd = $0.15
+  max_usd = $0.11
 }}
 '''
 

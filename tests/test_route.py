@@ -302,7 +302,11 @@ def test_the_hard_budget_holds_with_routing_on(tmp_path):
 
 def test_a_run_budget_admits_a_routed_query_on_its_worst_case(tmp_path):
     """--max-usd-total: the first query is admitted, and the run never spends past it."""
-    total = 0.006  # 1.5 times full's worst case (0.004); a routed query costs far less
+    from moac.run.executor import Executor
+    plans = route_plan("http://127.0.0.1:9/v1", AGREEMENT_ROUTE).plans.values()
+    worst = max(Executor(p, {n: None for n in p.providers}).worst_case_usd(
+        [{"role": "user", "content": PROMPT}]) for p in plans)
+    total = 1.05 * worst  # room for three queries: a routed one costs 1/64 of its worst case
     ran = run_route(lambda url: route_plan(url, AGREEMENT_ROUTE), [PROMPT] * 12, tmp_path,
                     behaviors=AGREE, max_usd_total=total)
     assert sum(r.cost_usd for r in ran.results) <= total + 1e-12

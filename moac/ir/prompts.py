@@ -1,7 +1,13 @@
-"""Aggregate-and-synthesize templates: parse their ``{responses}`` slot and fill it.
+"""Aggregate-and-synthesize templates, and the token counts of prompts.
 
-Shared by the checker (which validates templates) and the executor (which renders them).
-A literal brace is written ``{{`` or ``}}``.
+Templates: their ``{responses}`` slot parsed and filled; shared by the checker (which
+validates them) and the executor (which renders them). A literal brace is ``{{`` or ``}}``.
+
+Token counts come in two kinds, never to be mixed: *estimates* (:func:`estimate_tokens`,
+:func:`messages_tokens`, :func:`input_tokens`: four characters a token, for plans and
+expected costs) and *upper bounds* (:func:`text_max_tokens`, :func:`messages_max_tokens`,
+:func:`input_max_tokens`: a token a UTF-8 byte, for budget holds, which must hold whatever
+the provider's tokeniser).
 """
 
 from __future__ import annotations
@@ -9,13 +15,18 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-from moac.constants import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE
+from moac.constants import (
+    CHARS_PER_TOKEN, MAX_TEMPLATE_TOKENS_PER_MESSAGE, MAX_TEMPLATE_TOKENS_PER_REQUEST,
+    TOKENS_PER_MESSAGE,
+)
 
 _PIECE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|\{|\}")
 # "1. " before each answer and the blank line after it.
 _TOKENS_PER_NUMBERED_ANSWER = 3
+# ...and as bytes, with numbers up to five digits.
+_NUMBERING_BYTES = 9
 
 
 def template_slots(text: str) -> tuple[list[str], list[str]]:
@@ -33,9 +44,19 @@ def template_slots(text: str) -> tuple[list[str], list[str]]:
     return slots, stray
 
 
-def render_template(text: str, responses: list[str]) -> str:
-    """Fill the template: answers numbered ``1. ...`` in the order given."""
-    numbered = "\n\n".join(f"{i}. {answer}" for i, answer in enumerate(responses, 1))
+# Marks after an answer the aggregator should know was not whole (issue: answers cut by
+# their max_tokens, or shortened here to fit a budget or a context window).
+CUT_BY_LENGTH = "[this answer was cut off: it reached its length limit]"
+SHORTENED = "[shortened to fit]"
+
+
+def render_template(text: str, responses: Sequence[str],
+                    notes: Sequence[str | None] = ()) -> str:
+    """Fill the template: answers numbered ``1. ...`` in the order given, each followed by
+    its note (one of :data:`CUT_BY_LENGTH`, :data:`SHORTENED`), if any."""
+    notes = list(notes) + [None] * (len(responses) - len(notes))
+    numbered = "\n\n".join(f"{i}. {answer}" + (f" {note}" if note else "")
+                             for i, (answer, note) in enumerate(zip(responses, notes), 1))
 
     def piece(match: re.Match) -> str:
         found = match.group()
@@ -46,6 +67,34 @@ def render_template(text: str, responses: list[str]) -> str:
         return numbered
 
     return _PIECE.sub(piece, text)
+
+
+def shorten_evenly(texts: Sequence[str], allowance: int) -> list[tuple[str, bool]]:
+    """``texts`` cut so that their UTF-8 bytes add up to at most ``allowance``, as evenly as
+    can be: every text keeps up to the same number of bytes, those shorter than that stay
+    whole (water-filling), and each cut text leaves room for the :data:`SHORTENED` note.
+    Returns ``(text, was_cut)`` pairs in order; a text cut to nothing is ``("", True)``."""
+    sizes = [text_max_tokens(t) for t in texts]
+    if sum(sizes) <= allowance:
+        return [(t, False) for t in texts]
+    note = len(SHORTENED.encode()) + 1
+    # The largest per-text cap whose total fits (cut texts pay for their note).
+    low, high = 0, max(sizes)
+    while low < high:
+        cap = (low + high + 1) // 2
+        total = sum(size if size <= cap else cap + note for size in sizes)
+        if total <= allowance:
+            low = cap
+        else:
+            high = cap - 1
+    out = []
+    for text, size in zip(texts, sizes):
+        if size <= low:
+            out.append((text, False))
+        else:
+            cut = text.encode("utf-8", "surrogatepass")[:low].decode("utf-8", "ignore")
+            out.append((cut.rstrip(), True))
+    return out
 
 
 def estimate_tokens(text: str | None) -> int:
@@ -64,6 +113,38 @@ def input_tokens(prompt_tokens: int, *, system: str | None = None, template: str
         total += estimate_tokens(system) + estimate_tokens(template) + TOKENS_PER_MESSAGE
     if template is not None:
         total += sum(answers) + _TOKENS_PER_NUMBERED_ANSWER * len(answers)
+    return total
+
+
+def text_max_tokens(text: str | None) -> int:
+    """An upper bound of the tokens any tokeniser makes of ``text``: its UTF-8 bytes (see
+    :data:`~moac.constants.MAX_TEMPLATE_TOKENS_PER_MESSAGE`)."""
+    if not text:
+        return 0
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def messages_max_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """An upper bound of the prompt tokens a provider can bill for ``messages``: every
+    byte of their text a token, every message and the request at their template's most."""
+    return MAX_TEMPLATE_TOKENS_PER_REQUEST + sum(
+        text_max_tokens(c if isinstance(c := m.get("content"), str) else json.dumps(c))
+        + MAX_TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
+
+
+def input_max_tokens(prompt_max: int, *, system: str | None = None,
+                     template: str | None = None, answers: Iterable[int] = ()) -> int:
+    """An upper bound of what an agent reads, before its messages exist (a query's worst
+    case): ``prompt_max`` is :func:`messages_max_tokens` of the conversation, ``answers``
+    the bounds of the answers fed in."""
+    total = prompt_max
+    if system or template:
+        total += text_max_tokens(system) + text_max_tokens(template) + \
+            MAX_TEMPLATE_TOKENS_PER_MESSAGE
+    if template is not None:
+        answers = list(answers)
+        # "1. " before an answer and the blank line after it: ASCII, a token a byte at most
+        total += sum(answers) + _NUMBERING_BYTES * len(answers)
     return total
 
 

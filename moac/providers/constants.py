@@ -34,6 +34,17 @@ TIMEOUT_CEIL_THRESHOLD_S = 5.0
 # An error body is read up to this many bytes; a proxy's HTML error page can be large.
 MAX_ERROR_BODY_READ_BYTES = 64 * 1024
 USER_AGENT = "moac/0.1"
+# Every response is read up to a bound that follows from the max_tokens it was asked for,
+# streamed or not: a fixed allowance (headers of the JSON, a usage chunk, a long error) plus
+# this many bytes a token. A streamed token is one SSE event of about 150-400 bytes (id,
+# model, created, choices, and some providers' padding); 1 KiB leaves room for all of them.
+# Past the bound the attempt fails (a server ignoring max_tokens, or a hostile one) rather
+# than fill memory, disks and the bill.
+RESPONSE_BYTES_BASE = 1024 * 1024
+RESPONSE_BYTES_PER_TOKEN = 1024
+# Token counts a provider reports are believed up to this (for arithmetic: a count beyond
+# what a float holds would crash the cost); the budget check flags anything past the bounds.
+MAX_REPORTED_TOKENS = 10 ** 12
 # A server-sent-events line longer than this is refused: aiohttp's own line reader stops at
 # 128 KiB, which a long answer's final JSON can pass; without any cap, a server that never
 # sends a line end would fill memory until the attempt's total timeout.

@@ -41,20 +41,25 @@ from pydantic import SecretStr
 
 from moac.constants import (
     DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S, DEFAULT_TIMEOUT_S,
+    MAX_ANSWER_BYTES_PER_TOKEN,
 )
-from moac.ir.prompts import estimate_tokens, messages_tokens
+from moac.ir.prompts import messages_max_tokens, messages_tokens, text_max_tokens
 from moac.providers.constants import (
-    DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
+    DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, MAX_REPORTED_TOKENS,
+    RESPONSE_BYTES_BASE, RESPONSE_BYTES_PER_TOKEN, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
 )
 from moac.providers.errors import (
     ConnectionFailed, DeadlineExceeded, MalformedResponse, MissingApiKey, ProviderError,
     ProviderTimeout, RateLimited, ServerError,
 )
 from moac.providers.limits import ProviderLimiter
-from moac.providers.parse import StreamState, Where, http_error, parse_completion
+from moac.providers.parse import (
+    StreamState, Where, http_error, parse_completion, too_large, too_long, unexpected_body,
+)
 from moac.providers.retry import RetryPolicy, decide
 from moac.providers.sse import LineTooLong, SSEDecoder
 from moac.ir.spec import ProviderSpec, Sampling
+from moac.text import json_bytes
 
 
 # aiohttp >= 3.10 says which timeout fired; before, both are a plain ServerTimeoutError.
@@ -79,11 +84,15 @@ class ChatRequest:
     min_attempt_s: float | None = None
     occurrence: int = 0
 
+    @property
+    def answer_limit(self) -> int:
+        """The ``max_tokens`` sent: the most completion tokens the provider may bill."""
+        return self.max_tokens if self.max_tokens is not None else self.sampling.max_tokens
+
     def body(self) -> bytes:
         payload: dict[str, Any] = {
             "model": self.model, "messages": [dict(m) for m in self.messages],
-            "temperature": self.sampling.temperature,
-            "max_tokens": self.max_tokens if self.max_tokens is not None else self.sampling.max_tokens,
+            "temperature": self.sampling.temperature, "max_tokens": self.answer_limit,
         }
         if self.sampling.top_p is not None:
             payload["top_p"] = self.sampling.top_p
@@ -92,10 +101,15 @@ class ChatRequest:
         if self.stream:
             payload["stream"] = True
             payload["stream_options"] = {"include_usage": True}
-        return json.dumps(payload, ensure_ascii=False).encode()
+        return json_bytes(payload)
 
     def estimated_prompt_tokens(self) -> int:
         return messages_tokens(self.messages)
+
+    def max_prompt_tokens(self) -> int:
+        """The most prompt tokens the provider can bill for this request, whatever its
+        tokeniser (:func:`moac.ir.prompts.messages_max_tokens`)."""
+        return messages_max_tokens(self.messages)
 
 
 @dataclass(slots=True)
@@ -121,6 +135,7 @@ class Attempt:
     finish_reason: str | None = None
     http_status: int | None = None
     cached: bool = False
+    overrun: str | None = None  # reported usage past the request's bounds (see _count_tokens)
 
     @property
     def duration_s(self) -> float:
@@ -250,15 +265,23 @@ class OpenAICompatibleClient:
             response = await self._session.post(self._url, data=body, timeout=timeout,
                                                 headers=self._headers[request.stream])
             record.http_status = response.status
+            limit = response_limit(request.answer_limit)
             if not 200 <= response.status < 300:
                 raw = await _read_some(response, MAX_ERROR_BODY_READ_BYTES)
                 outcome = http_error(response.status, response.headers,
                                      raw.decode("utf-8", errors="replace"), where,
                                      now_wall=self._wall())
+            elif not _readable(response.content_type):
+                # An HTML error page (a proxy's, a login wall) with status 200: say what
+                # came back rather than that a stream ended early.
+                raw = await _read_some(response, MAX_ERROR_BODY_READ_BYTES)
+                outcome = unexpected_body(response.content_type, raw, where)
             elif request.stream and "json" not in response.content_type:
-                outcome = await self._read_stream(request, response, state, record, on_delta)
+                outcome = await self._read_stream(request, response, state, record, on_delta,
+                                                  limit)
             else:  # not streamed, or a server that answered a stream request with JSON
-                text, finish_reason, usage = parse_completion(await response.read(), where)
+                body = await _read_bounded(response, limit, where)
+                text, finish_reason, usage = parse_completion(body, where)
                 record.ttft_s = self._clock() - start
                 state.parts.append(text)
                 state.finish_reason, state.usage = finish_reason, usage
@@ -307,15 +330,23 @@ class OpenAICompatibleClient:
         return outcome
 
     async def _read_stream(self, request: ChatRequest, response: aiohttp.ClientResponse,
-                           state: StreamState, record: Attempt, on_delta) -> CallResult:
+                           state: StreamState, record: Attempt, on_delta,
+                           limit: int) -> CallResult:
         decoder = SSEDecoder()
+        size = 0
+        head = b""  # the first bytes, to say what came back when it was not a stream
         async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit, request.answer_limit, state.where)
+            if len(head) < 512:
+                head += chunk[:512 - len(head)]
             self._take(decoder.feed(chunk), state, record, on_delta)
             if decoder.done:
                 break
         else:
             self._take(decoder.close(), state, record, on_delta)
-        state.finish(decoder.done)
+        state.finish(decoder.done, head)
         return self._result(request, state, record)
 
     def _take(self, events, state: StreamState, record: Attempt, on_delta) -> None:
@@ -328,20 +359,32 @@ class OpenAICompatibleClient:
                     on_delta(delta)
 
     def _result(self, request: ChatRequest, state: StreamState, record: Attempt) -> CallResult:
+        text_bytes = text_max_tokens(state.text)
+        if text_bytes > request.answer_limit * MAX_ANSWER_BYTES_PER_TOKEN:
+            raise too_long(text_bytes, request.answer_limit, state.where)
         self._count_tokens(request, state, record)
         usage = Usage(record.prompt_tokens, record.completion_tokens, record.tokens_reported)
         return CallResult(state.text, state.finish_reason, usage)
 
     def _count_tokens(self, request: ChatRequest, state: StreamState, record: Attempt) -> None:
-        usage = state.usage or {}
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        reported = isinstance(prompt, int) and isinstance(completion, int)
-        if not isinstance(prompt, int):
-            prompt = request.estimated_prompt_tokens()
-        if not isinstance(completion, int):
-            completion = estimate_tokens(state.text)
+        """The attempt's billable tokens: the provider's ``usage``, else each count at its
+        upper bound (what the provider could have billed: never less than it does); a
+        reported count past the request's bounds is noted in ``record.overrun``."""
+        prompt, completion = _count(state.usage, "prompt_tokens"), \
+            _count(state.usage, "completion_tokens")
+        record.tokens_reported = prompt is not None and completion is not None
+        most_prompt, most_completion = request.max_prompt_tokens(), request.answer_limit
+        if prompt is None:
+            prompt = most_prompt
+        if completion is None:
+            completion = min(most_completion, text_max_tokens(state.text))
         record.prompt_tokens, record.completion_tokens = prompt, completion
-        record.tokens_reported = reported
+        over = []
+        if prompt > most_prompt:
+            over.append(f"{prompt:,} prompt tokens for a request of at most {most_prompt:,}")
+        if completion > most_completion:
+            over.append(f"{completion:,} completion tokens for max_tokens {most_completion:,}")
+        record.overrun = "; ".join(over) or None
 
     def _timeout(self, exc: BaseException, timeout: aiohttp.ClientTimeout, where: Where) -> ProviderError:
         if isinstance(exc, _SOCKET_TIMEOUT):
@@ -358,6 +401,39 @@ class OpenAICompatibleClient:
         words = {"stall": "no bytes for", "connect": "no connection within",
                  "total": "no complete answer within"}
         return ProviderTimeout(f"{words[phase]} {limit:.3g}s", phase=phase, **where.fields())
+
+
+def response_limit(max_tokens: int) -> int:
+    """The most bytes read of a response to a request for ``max_tokens``."""
+    return RESPONSE_BYTES_BASE + RESPONSE_BYTES_PER_TOKEN * max(int(max_tokens), 0)
+
+
+def _readable(content_type: str) -> bool:
+    """Whether a 2xx body may be an answer: JSON, server-sent events or unlabelled; an HTML
+    page (or any other text/* but event streams and plain text) is not."""
+    kind = (content_type or "").lower()
+    return not (kind.startswith("text/") and kind not in ("text/event-stream", "text/plain")) \
+        and "html" not in kind and "xml" not in kind
+
+
+def _count(usage: dict | None, name: str) -> int | None:
+    """A token count from ``usage``: a non-negative whole number, else None."""
+    value = (usage or {}).get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, MAX_REPORTED_TOKENS)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int, where) -> bytes:
+    """The whole body, or :class:`MalformedResponse` once it passes ``limit`` bytes (before
+    reading it, when Content-Length says so)."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise too_large(limit, None, where, declared=declared)
+    body = await _read_some(response, limit + 1)
+    if len(body) > limit:
+        raise too_large(limit, None, where)
+    return body
 
 
 async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -11,12 +11,14 @@ import contextvars
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
-from moac.constants import BUDGET_TOKEN_MARGIN
 from moac.ir.plan import CallNode
-from moac.ir.prompts import estimate_tokens, render_template
+from moac.ir.prompts import (
+    CUT_BY_LENGTH, SHORTENED, render_template, shorten_evenly, text_max_tokens,
+)
 from moac.ir.spec import ModelSpec
 from moac.providers.errors import MalformedResponse, ProviderError
 from moac.providers.openai import Attempt, ChatRequest
+from moac.run.fitting import Cost, Room, floor_tokens, largest_answer, largest_input
 from moac.run.ledger import BudgetLedger
 from moac.run.outcomes import CallOutcome
 
@@ -41,10 +43,16 @@ class QueryState(Protocol):
     ledger: BudgetLedger
     outcomes: dict[str, CallOutcome]
     clamped: dict[str, int]
+    causes: list[str]                    # errors the query reports beside its calls' own
+    answered: list[str]                  # the nodes whose answers the next stage reads
+    final_reserve: Cost                  # kept unheld for the final stage's smallest answer
     on_delta: Callable[[str], None] | None
     on_restart: Callable[[str, str], None] | None
 
-    def skip(self, node: str, reason: str, *, cause: bool = True) -> CallOutcome: ...
+    def skip(self, node: str, reason: str, *, cause: bool = True,
+             left_out: bool = False) -> CallOutcome: ...
+
+    def note(self, text: str) -> None: ...
 
     def write_call(self, call: CallNode, *, attempt: int, status: str, **fields: Any) -> None: ...
 
@@ -83,10 +91,10 @@ async def retry_sleep(seconds: float) -> None:
 
 
 class AgentCall:
-    """One agent call of a query: its reservation, attempts and outcome."""
+    """One agent call of a query: its fitting, reservation, attempts and outcome."""
 
     __slots__ = ("q", "node", "call", "model", "outcome", "held_usd", "held_tflops",
-                 "worst_usd", "worst_tflops", "pending", "emitted", "token")
+                 "worst_usd", "worst_tflops", "keep", "pending", "emitted", "token")
 
     def __init__(self, query: QueryState, node: Node):
         self.q = query
@@ -96,46 +104,163 @@ class AgentCall:
         self.outcome = CallOutcome(node.call.id, "failed")
         self.held_usd = self.held_tflops = 0.0
         self.worst_usd = self.worst_tflops = 0.0
+        # What must stay unheld when this call holds its worst case: an earlier stage's
+        # call keeps the aggregator's smallest answer affordable.
+        self.keep = Cost(0.0, 0.0) if node.final else query.final_reserve
         self.pending: tuple[Attempt, float, float] | None = None
         self.emitted = 0  # characters streamed by the current attempt
         self.token = None
 
-    def messages(self) -> tuple[list[dict], int]:
-        """The call's messages, and the correction to their character-based token estimate
-        that the provider-reported sizes of the answers they hold make."""
-        q, call = self.q, self.call
+    # --- what it sends ---------------------------------------------------------------------
+
+    def references(self) -> list[tuple[str, str | None]]:
+        """The answers this call aggregates, with their notes: the latest stage that
+        answered (the one before, unless the budget left that one out whole), in
+        declaration order; empty for a call without a template."""
+        if self.call.prompt is None:
+            return []
+        outcomes = self.q.outcomes
+        return [(outcomes[n].text or "",
+                 CUT_BY_LENGTH if outcomes[n].finish_reason == "length" else None)
+                for n in self.q.answered]
+
+    def request(self, references: list[tuple[str, str | None]],
+                max_tokens: int | None = None) -> ChatRequest:
+        """The request for these references: the system prompt (with the template, when
+        there is something to aggregate), then the conversation."""
+        call = self.call
         system = [call.system] if call.system else []
-        correction = 0
-        if call.prompt is not None:
-            answers = [o for o in (q.outcomes.get(n) for n in self.node.inputs)
-                       if o is not None and o.ok]
-            system.append(render_template(call.prompt, [o.text or "" for o in answers]))
-            correction = sum(o.answer_tokens - estimate_tokens(o.text) for o in answers
-                             if o.answer_tokens is not None)
+        if call.prompt is not None and references:
+            system.append(render_template(call.prompt, [text for text, _ in references],
+                                          [note for _, note in references]))
         head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
-        return head + q.history, correction
+        return ChatRequest(model=self.model.model_id, messages=head + self.q.history,
+                           sampling=call.sampling, max_tokens=max_tokens, stream=True,
+                           occurrence=self.node.occurrence)
+
+    def shortened(self, references, allowance: int, max_tokens: int | None, *,
+                  keep_one: bool = False):
+        """The request with its references cut evenly to fit ``allowance`` tokens of prompt
+        in all; when not even their notes fit, the first ones only, down to one
+        (``keep_one``) or none (the aggregator then answers the conversation alone). None
+        when nothing fits."""
+        for count in range(len(references), 1 if keep_one and references else -1, -1):
+            kept = references[:count]
+            request = self.request(kept, max_tokens)
+            rest = request.max_prompt_tokens() - sum(text_max_tokens(t) for t, _ in kept)
+            if allowance < rest:
+                continue
+            cut = shorten_evenly([text for text, _ in kept], allowance - rest)
+            notes = [SHORTENED if was_cut else note
+                     for (_, note), (_, was_cut) in zip(kept, cut)]
+            request = self.request(list(zip([text for text, _ in cut], notes)), max_tokens)
+            if request.max_prompt_tokens() <= allowance:
+                if count < len(references):
+                    self.q.note(f"{self.call.id}: read {count} of {len(references)} answers "
+                                "(no room for the rest)")
+                return request
+        return None
+
+    # --- fitting it to its context and its budget -----------------------------------------
+
+    def fit_context(self, references) -> tuple[ChatRequest | None, str | None]:
+        """The request that fits the model's context window (input at its upper bound plus
+        the answer): references shortened evenly first, then a shorter answer (down to
+        the model's typical one); else ``(None, why)``."""
+        model, limit = self.model, self.model.context_tokens
+        request = self.request(references)
+        wanted = request.answer_limit
+        reading = request.max_prompt_tokens()
+        if reading + wanted <= limit:
+            return request, None
+        shorter = self.shortened(references, limit - wanted, None)
+        if shorter is not None:
+            self.q.note(f"{self.call.id}: its references were shortened to fit the "
+                        f"{limit:,}-token context of {model.name}")
+            return shorter, None
+        floor = floor_tokens(model, wanted)
+        bare = self.shortened(references, limit - floor, None) or self.request(references)
+        answer = min(wanted, limit - bare.max_prompt_tokens())
+        if answer >= floor:
+            self.q.clamped[self.call.id] = answer
+            self.q.note(f"{self.call.id}: asked for at most {answer:,} tokens (not "
+                        f"{wanted:,}) to fit the {limit:,}-token context of {model.name}")
+            return replace(bare, max_tokens=answer), None
+        return None, (f"context: its input of up to {reading:,} tokens (a token a byte) and "
+                      f"{wanted:,} to answer exceed the {limit:,}-token context of "
+                      f"{model.name}")
+
+    def try_hold(self, request: ChatRequest) -> str | None:
+        cost = Cost.of(self.model, request.max_prompt_tokens(), request.answer_limit)
+        why = self.q.ledger.reserve(cost.usd, cost.tflops, keep_usd=self.keep.usd,
+                                    keep_tflops=self.keep.tflops)
+        if why is None:
+            self.worst_usd, self.worst_tflops = cost.usd, cost.tflops
+            self.held_usd, self.held_tflops = cost.usd, cost.tflops
+        return why
+
+    def room(self) -> Room:
+        ledger = self.q.ledger
+        return Room(ledger.headroom_usd(self.keep.usd), ledger.headroom_tflops(self.keep.tflops))
+
+    async def fit_budget(self, request: ChatRequest, references
+                         ) -> tuple[ChatRequest | None, str | None]:
+        """Hold the request's worst case (see the executor's contract): as it is; after
+        the holds of calls in flight are settled, when only they are in the way; with a
+        shorter answer (down to the model's typical one); for the final stage, with its
+        references shortened evenly. Else ``(None, why)``."""
+        q, model = self.q, self.model
+        why = self.try_hold(request)
+        cost = Cost.of(model, request.max_prompt_tokens(), request.answer_limit)
+        while why is not None and q.ledger.blocked_by_holds(
+                cost.usd, cost.tflops, keep_usd=self.keep.usd, keep_tflops=self.keep.tflops):
+            # Refused only for what this query's calls in flight hold: each gives back all
+            # but its real cost when it ends, so wait for that rather than skip or clamp.
+            if not await q.ledger.wait_for_release(q.deadline - q.x.clock()) or q.expired:
+                return None, (f"deadline: the query's {q.limit_s:g}s ran out while it "
+                              f"waited for budget held by calls in flight ({why})")
+            why = self.try_hold(request)
+        if why is None:
+            return request, None
+        wanted = request.answer_limit
+        floor = floor_tokens(model, wanted)
+        answer = min(wanted - 1, largest_answer(model, request.max_prompt_tokens(),
+                                                self.room()))
+        if answer >= floor:
+            shorter = replace(request, max_tokens=answer)
+            if self.try_hold(shorter) is None:
+                q.clamped[self.call.id] = answer
+                return shorter, None
+        if self.node.final and references:
+            # Aggregate what has arrived, cut evenly to what the budget has room for, with
+            # room kept for the model's typical answer.
+            allowance = largest_input(model, floor, self.room())
+            # An aggregator with a fallback behind it reads at least one answer, or hands
+            # over: the cheaper fallback may afford them all.
+            shorter = self.shortened(references, allowance, floor if floor < wanted else None,
+                                     keep_one=self.call.role == "aggregate"
+                                     and len(self.q.x.stages[-1].nodes) > 1)
+            if shorter is not None and self.try_hold(shorter) is None:
+                if floor < wanted:
+                    q.clamped[self.call.id] = floor
+                q.note(f"{self.call.id}: its references were shortened to fit the budget")
+                return shorter, None
+        return None, why
+
+    # --- running it ------------------------------------------------------------------------
 
     async def run(self) -> CallOutcome:
-        q, call, model = self.q, self.call, self.model
-        messages, correction = self.messages()
-        request = ChatRequest(model=model.model_id, messages=messages, sampling=call.sampling,
-                              stream=True, occurrence=self.node.occurrence)
-        # Tokens read: the answers fed in as their providers counted them (when they did),
-        # the rest estimated from characters; reserved with a margin so that a denser
-        # tokeniser does not carry spending past the limit.
-        reading = int(max(request.estimated_prompt_tokens() + correction, 0)
-                      * BUDGET_TOKEN_MARGIN) + 1
-        self.worst_usd = attempt_cost(model, reading, call.sampling.max_tokens)
-        self.worst_tflops = attempt_tflops(model, reading + call.sampling.max_tokens)
+        q, call = self.q, self.call
         if q.expired or q.x.clock() >= q.deadline:
             return q.skip(call.id, f"deadline: the query's {q.limit_s:g}s ran out before "
                                    "it could start")
-        why = q.ledger.reserve(self.worst_usd, self.worst_tflops)
-        if why is not None:
-            request = self.clamp(request, reading)
-            if request is None:
-                return q.skip(call.id, why)
-        self.held_usd, self.held_tflops = self.worst_usd, self.worst_tflops
+        references = self.references()
+        request, why = self.fit_context(references)
+        if request is not None:
+            request, why = await self.fit_budget(request, references)
+        if request is None:
+            left_out = not why.startswith("deadline")
+            return q.skip(call.id, why, left_out=left_out)
         outcome = self.outcome
         q.outcomes[call.id] = outcome
         outcome.started = q.x.clock()
@@ -157,25 +282,6 @@ class AgentCall:
             outcome.ended = q.x.clock()
             self.release()
         return outcome
-
-    def clamp(self, request: ChatRequest, reading: int) -> ChatRequest | None:
-        """When the call's worst case does not fit but a shorter answer does, ask for at
-        most what fits (and hold that), as long as it leaves room for the model's typical
-        answer; else None. The answer may then end with finish_reason "length"."""
-        q, model = self.q, self.model
-        usd_left = q.ledger.headroom_usd() - attempt_cost(model, reading, 0)
-        per_token = attempt_cost(model, 0, 1)
-        affordable = int(usd_left / per_token) if per_token > 0 else 0
-        wanted = self.call.sampling.max_tokens
-        if affordable >= wanted or affordable < min(model.answer_tokens, wanted):
-            return None
-        worst_usd = attempt_cost(model, reading, affordable)
-        worst_tflops = attempt_tflops(model, reading + affordable)
-        if q.ledger.reserve(worst_usd, worst_tflops) is not None:
-            return None
-        self.worst_usd, self.worst_tflops = worst_usd, worst_tflops
-        q.clamped[self.call.id] = affordable
-        return replace(request, max_tokens=affordable)
 
     def delta(self, text: str) -> None:
         self.emitted += len(text)
@@ -204,9 +310,16 @@ class AgentCall:
         # costs, not what the cache happened to save.
         self.q.ledger.settle(self.held_usd, self.held_tflops, nominal, nominal_tflops)
         self.held_usd = self.held_tflops = 0.0
+        overrun = None
+        if record.overrun and not record.cached:
+            # Booked as reported (the ledger then stops what it must), and said: the hold
+            # was an upper bound for an honest provider, and this one went past it.
+            overrun = (f"the provider reported usage past the request's bounds: "
+                       f"{record.overrun}; ${nominal:.6f} booked as reported")
+            self.q.causes.append(f"{self.call.id}: attempt {record.number}: {overrun}")
         if record.status == "ok":
             self.q.write_call(self.call, attempt=record.number, status="ok", record=record,
-                              cost=cost, tflops=tflops, cached=record.cached)
+                              cost=cost, tflops=tflops, cached=record.cached, error=overrun)
             return
         self.pending = (record, cost, tflops)
         if self.emitted and record.status == "failed" and self.q.on_restart is not None:
@@ -235,7 +348,8 @@ class AgentCall:
                               error=str(error))
 
     def reserve_retry(self) -> None:
-        why = self.q.ledger.reserve(self.worst_usd, self.worst_tflops)
+        why = self.q.ledger.reserve(self.worst_usd, self.worst_tflops, keep_usd=self.keep.usd,
+                                    keep_tflops=self.keep.tflops)
         if why is not None:
             raise BudgetStop(f"retry {self.outcome.attempts + 1} not made: {why}",
                              provider=self.call.provider, model=self.model.model_id)

@@ -15,13 +15,18 @@ Contract of :meth:`Executor.run`:
   :data:`~moac.constants.DEADLINE_GRACE_S`, whatever is still in flight is cancelled.
 - **Budget.** Before a call starts, what the query has spent, plus the worst case of its
   calls in flight, plus this call's worst case, must stay within ``max_usd`` (and
-  ``max_tflops``); otherwise the call does not start and the trace says why. A call's worst
-  case is one attempt: the tokens it reads (the answers fed in as their providers counted
-  them, the rest estimated from characters) times :data:`~moac.constants.BUDGET_TOKEN_MARGIN`,
-  plus ``max_tokens`` out. An attempt's hold is settled with its real cost when it ends; a
-  retry holds its worst case again before it starts and is not made when that fails (see
-  :func:`retry_sleep`): holding every attempt up front would triple every hold (two retries by
-  default) and stop calls that would fit.
+  ``max_tflops``). A call's worst case is one attempt at what the provider can bill at most,
+  whatever its tokeniser: every UTF-8 byte of its messages a token (plus the chat
+  template's markers, :func:`moac.ir.prompts.messages_max_tokens`), and ``max_tokens`` out.
+  A hold refused only because of what this query's calls in flight hold waits for one of
+  them to settle (they give back all but their real cost); a hold that cannot fit even then
+  asks for a shorter answer when the model's typical one still fits (``max_tokens``
+  clamped), else the call does not start and the trace says why. An attempt's hold is
+  settled with its real cost when it ends (usage the provider did not report is counted at
+  its bounds; usage reported past them is booked and recorded as an error); a retry holds
+  its worst case again before it starts and is not made when that fails (see
+  :func:`retry_sleep`): holding every attempt up front would triple every hold (two
+  retries by default) and stop calls that would fit.
 - **Run budget.** With a run ledger (``--max-usd-total``) a query is admitted only if the run
   can hold the query's whole worst case (:meth:`Executor.worst_case_usd`), so no query starts
   that the run could not finish paying for; its calls are checked against the run as well,
@@ -51,10 +56,12 @@ from collections import Counter
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from moac.constants import (
-    BUDGET_TOKEN_MARGIN, DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S,
+    DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S, MAX_ANSWER_BYTES_PER_TOKEN,
 )
 from moac.ir import CallNode, LayerInfo, Plan
-from moac.ir.prompts import estimate_tokens, input_tokens, messages_tokens
+from moac.ir.prompts import (
+    estimate_tokens, input_max_tokens, input_tokens, messages_max_tokens, messages_tokens,
+)
 from moac.providers.openai import Attempt, CallResult, ChatRequest
 from moac.ir.spec import BudgetSpec, ModelSpec
 from moac.run.ledger import BudgetLedger, BudgetRefused  # noqa: F401 (part of the executor API)
@@ -63,6 +70,8 @@ from moac.traces.trace import CallRecord, QueryRecord, SkippedNode, TraceWriter
 from moac.run.agent_call import (  # noqa: F401 (retry_sleep and BudgetStop: part of the API)
     AgentCall, BudgetStop, Node, attempt_cost, retry_sleep,
 )
+from moac.run.fitting import Cost, floor_tokens
+from moac.text import dollars
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -115,6 +124,22 @@ class Executor:
         self._estimate = _planner_estimate() if estimates else None
         self._estimates: dict[int, dict[str, Any] | None] = {}
 
+    def final_reserve(self, history: Messages) -> Cost:
+        """What a query must keep unheld for its final stage while earlier calls start: the
+        cheaper of the aggregator and its fallback, reading the conversation and its system
+        prompt with no references (they can be cut to nothing) and writing its typical
+        answer. Zero when the budget bounds neither dollars nor TFLOPs."""
+        if self.budget.max_usd is None and self.budget.max_tflops is None:
+            return Cost(0.0, 0.0)
+        prompt = messages_max_tokens(history)
+        costs = []
+        for node_id in self.stages[-1].nodes:
+            node = self.nodes[node_id]
+            reading = input_max_tokens(prompt, system=node.call.system)
+            costs.append(Cost.of(node.model, reading,
+                                 floor_tokens(node.model, node.call.sampling.max_tokens)))
+        return min(costs, key=lambda c: (c.usd, c.tflops))
+
     def estimate_for(self, prompt_tokens: int) -> dict[str, Any] | None:
         """The planner's expected-case totals for a prompt this long (cached)."""
         if self._estimate is None:
@@ -129,19 +154,21 @@ class Executor:
 
     def worst_case_usd(self, history: Messages) -> float:
         """A query's dollars if every call writes its ``max_tokens`` (the fallback too,
-        after its aggregator wrote all of its own and failed), prompts counted with the
-        :data:`~moac.constants.BUDGET_TOKEN_MARGIN`, one attempt per call: what a run
-        admits a query with."""
-        prompt = messages_tokens(history)
+        after its aggregator wrote all of its own and failed), one attempt per call, every
+        prompt at its upper bound: a token per UTF-8 byte of the conversation and the
+        templates, and of the answers fed in, each at the most bytes an answer of its
+        ``max_tokens`` may hold (:data:`~moac.constants.MAX_ANSWER_BYTES_PER_TOKEN`, which
+        the client enforces). What a run admits a query with."""
+        prompt = messages_max_tokens(history)
         written: dict[str, int] = {}
         total = 0.0
         for node_id, node in self.nodes.items():
             call = node.call
-            reading = input_tokens(prompt, system=call.system, template=call.prompt,
-                                   answers=[written[u] for u in node.inputs])
-            written[node_id] = call.sampling.max_tokens
-            total += attempt_cost(node.model, int(reading * BUDGET_TOKEN_MARGIN) + 1,
-                                  call.sampling.max_tokens)
+            reading = input_max_tokens(prompt, system=call.system, template=call.prompt,
+                                       answers=[written[u] for u in node.inputs])
+            # An answer of max_tokens is read as up to a token a byte of it.
+            written[node_id] = call.sampling.max_tokens * MAX_ANSWER_BYTES_PER_TOKEN
+            total += attempt_cost(node.model, reading, call.sampling.max_tokens)
         return total
 
     def remaining_usd(self, history: Messages, outcomes: Mapping[str, CallOutcome],
@@ -178,6 +205,9 @@ class Executor:
         :class:`BudgetRefused` is raised (``"raise"``, for a batch that waits and retries)."""
         history = as_history(prompt)
         query = _Query(self, query_id, history, on_delta, on_restart)
+        too_small = query.budget_too_small()
+        if too_small is not None:
+            return query.finish(None, None, failure=too_small)
         if self.run_ledger is not None:
             why = query.ledger.admit(self.worst_case_usd(history))
             if why is not None:
@@ -186,6 +216,13 @@ class Executor:
                 query.causes.append(f"not started: {why}")
                 return query.finish(None, None, failure="the run's budget is spent")
         return await query.under_deadline(query.execute)
+
+
+def quorum(layer: LayerInfo, outcomes: Sequence[CallOutcome]) -> int:
+    """The answers a stage needs: its ``min_ok``, lowered to the number of its agents that
+    fit (those its budget or context left out shrink the stage, as the planner's pruning
+    lowers a layer's quorum to the agents it keeps)."""
+    return min(layer.min_ok, sum(1 for o in outcomes if not o.left_out))
 
 
 def as_history(prompt: str | Messages) -> list[dict]:
@@ -220,6 +257,9 @@ class _Query:
         self.ledger = BudgetLedger(budget.max_usd, budget.max_tflops,
                                    parent=executor.run_ledger)
         self.outcomes: dict[str, CallOutcome] = {}
+        self.answered: list[str] = []  # the latest stage's answers: what aggregators read
+        self.fit: list[str] = []  # how the plan was fit to this query's budget and context
+        self.final_reserve = executor.final_reserve(history)
         self.clamped: dict[str, int] = {}  # node -> max_tokens the budget allowed it
         self.skipped: list[SkippedNode] = []
         self.causes: list[str] = []  # skips that explain a failure (budget, deadline)
@@ -252,6 +292,27 @@ class _Query:
         """Go on with another plan whose leading stages this query has run (a route's
         early exit): the answers already paid for feed that plan's next stage."""
         self.x = executor
+        self.final_reserve = executor.final_reserve(self.history)
+
+    def note(self, text: str) -> None:
+        """Say how the plan was fit to this query (a shrink, a shortened reference)."""
+        self.fit.append(text)
+
+    def budget_too_small(self) -> str | None:
+        """Why not even the final stage's smallest answer fits the query's budget (then the
+        query fails before any call), or None."""
+        reserve, budget = self.final_reserve, self.x.budget
+        over = []
+        if budget.max_usd is not None and reserve.usd > budget.max_usd * (1 + 1e-9):
+            over.append(f"up to {dollars(reserve.usd)}, over max_usd {dollars(budget.max_usd)}")
+        if budget.max_tflops is not None and reserve.tflops > budget.max_tflops * (1 + 1e-9):
+            over.append(f"up to {reserve.tflops:,.1f} TFLOPs, over max_tflops "
+                        f"{budget.max_tflops:,.1f}")
+        if not over:
+            return None
+        return ("budget: not even the smallest plan fits (the aggregator answering alone, "
+                "its prompt counted a token a byte, its typical answer) costs "
+                + " and ".join(over) + "; nothing was sent")
 
     async def execute(self, start: int = 0) -> QueryResult:
         """Stages ``start`` onwards, then the final stage; the query's result."""
@@ -285,12 +346,26 @@ class _Query:
             if ran:
                 self.path.append(max(ran, key=lambda o: o.ended).node)
             ok = sum(1 for o in outcomes if o.ok)
-            if ok < layer.min_ok:
+            left_out = sum(1 for o in outcomes if o.left_out)
+            if left_out == len(outcomes):
+                # The budget or the contexts left no room for any of it: the stage is
+                # dropped, and the next one reads what the one before it answered.
+                kinds = sorted({o.error.split(": skipped: ", 1)[-1].split(":", 1)[0]
+                                for o in outcomes})
+                self.note(f"layer {layer.name} left out: none of its {len(outcomes)} agents "
+                          f"fit ({' and '.join(kinds)})")
+                continue
+            needed = quorum(layer, outcomes)
+            if left_out and ok >= needed:
+                self.note(f"layer {layer.name} ran {len(outcomes) - left_out} of "
+                          f"{len(outcomes)} agents (the rest did not fit), quorum "
+                          f"{needed} of them")
+            if ok < needed:
                 counts = Counter(o.status for o in outcomes if not o.ok)
                 how = ", ".join(f"{counts[s]} {s}" for s in ("failed", "cancelled", "skipped")
                                 if counts[s])
                 failure = (f"layer {layer.name}: {ok} of {len(outcomes)} agents answered "
-                           f"({how}), below its quorum of {layer.min_ok}")
+                           f"({how}), below its quorum of {needed}")
                 if self.expired:
                     failure = f"deadline: the query's {self.limit_s:g}s ran out; " + failure
                 for later in stages[index + 1:]:
@@ -298,6 +373,7 @@ class _Query:
                         if self.x.nodes[node].call.role != "fallback":
                             self.skip(node, f"not run: {failure}", cause=False)
                 return failure
+            self.answered = [o.node for o in outcomes if o.ok]
         return None
 
     def answers_of(self, layer: LayerInfo) -> list[str]:
@@ -307,14 +383,18 @@ class _Query:
 
     async def stage(self, layer: LayerInfo) -> list[CallOutcome]:
         tasks = [self.start_task(node) for node in layer.nodes]
-        can_fail = len(tasks) - layer.min_ok
-        failed = 0
+        ok = left_out = 0
         pending = set(tasks)
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                failed += sum(1 for task in done if not task.result().ok)
-                if failed > can_fail and pending:
+                results = [task.result() for task in done]
+                ok += sum(1 for o in results if o.ok)
+                left_out += sum(1 for o in results if o.left_out)
+                # The quorum counts the agents that fit (left-out ones shrink the stage);
+                # once what is in flight cannot reach it, stop the rest.
+                needed = min(layer.min_ok, len(tasks) - left_out)
+                if pending and ok + len(pending) < needed:
                     reason = (f"layer {layer.name} can no longer reach its quorum of "
                               f"{layer.min_ok}")
                     for task in pending:
@@ -376,13 +456,19 @@ class _Query:
 
     # --- records ---------------------------------------------------------------------------
 
-    def skip(self, node: str, reason: str, *, cause: bool = True) -> CallOutcome:
+    def skip(self, node: str, reason: str, *, cause: bool = True,
+             left_out: bool = False) -> CallOutcome:
+        """Record that a call did not start. ``left_out``: its budget or context left no
+        room for it (the stage shrinks; a reason, not an error, unless the query fails)."""
         info = self.x.nodes[node]
         self.skipped.append(SkippedNode(node=node, reason=reason))
-        if cause:
+        if left_out:
+            self.note(f"{node} left out: {reason.split(' (', 1)[0]}")
+        elif cause:
             self.causes.append(f"{node}: skipped: {reason}")
         self.write_call(info.call, attempt=0, status="skipped", error=reason)
-        outcome = CallOutcome(node, "skipped", error=f"{node}: skipped: {reason}")
+        outcome = CallOutcome(node, "skipped", error=f"{node}: skipped: {reason}",
+                              left_out=left_out)
         self.outcomes[node] = outcome
         return outcome
 
@@ -417,7 +503,7 @@ class _Query:
         outcomes = list(self.outcomes.values())
         errors = ([failure] if failure else []) + \
             [o.error for o in outcomes if o.error and o.status in ("failed", "cancelled")] + \
-            self.causes
+            self.causes + (self.fit if answer is None else [])
         if status is None:
             status = "ok" if answer is not None else "failed"
         critical = sum(self.outcomes[n].ended - self.outcomes[n].started for n in path
@@ -436,7 +522,7 @@ class _Query:
             skipped=self.skipped,
             estimate=None if self.unrouted else self.x.estimate_for(prompt_tokens),
             pipeline=None if self.unrouted else self.x.plan.pipeline, route=self.route,
-            decisions=self.decisions)
+            decisions=self.decisions, fit=list(self.fit))
         if self.x.trace is not None and not self.finished:
             self.x.trace.write(QueryRecord(
                 run_id=self.x.run_id, query_id=self.query_id,
@@ -448,6 +534,6 @@ class _Query:
                 completion_tokens=result.completion_tokens, tflops=result.tflops,
                 estimate=result.estimate, answer=answer, answered_by=answered_by,
                 errors=errors, skipped=self.skipped, route=self.route,
-                cached_usd=result.cached_usd))
+                cached_usd=result.cached_usd, fit=result.fit))
         self.finished = True
         return result

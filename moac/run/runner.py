@@ -31,7 +31,6 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ from moac.ir import Plan, RoutePlan
 from moac.providers.errors import MissingApiKey, ProviderError
 from moac.providers.limits import ProviderLimiter
 from moac.providers.openai import OpenAICompatibleClient, make_session, resolve_api_key
+from moac.text import json_bytes, valid_text
 from moac.traces.trace import RunHeader, TraceWriter, jsonl_safe, price_table_sha256, sha256_file
 
 
@@ -330,6 +330,12 @@ class Runner:
                     async with finished:
                         await finished.wait()
                     in_flight[0] += 1
+                except OSError:
+                    raise  # a full disk or a lost file: the batch cannot record anything
+                except Exception as error:  # noqa: BLE001 - one item's data must not end the batch
+                    return "failed", [QueryResult.broken(
+                        item.id, f"this item could not be run: {type(error).__name__}: "
+                                 f"{valid_text(str(error))[:500]}")]
 
         def skip() -> None:
             state.not_run += 1
@@ -396,7 +402,7 @@ class Runner:
             row["cached_tflops"] = round(sum(r.cached_tflops for r in results), 3)
         row["run_id"] = self.run_id  # the trace's run that wrote this answer
         row["errors"] = [e for r in results for e in r.errors]
-        return jsonl_safe(json.dumps(row, ensure_ascii=False).encode()) + b"\n"
+        return jsonl_safe(json_bytes(row)) + b"\n"
 
 
 async def run_plan(plan: Plan | RoutePlan, prompts, *, concurrency: int = DEFAULT_RUN_CONCURRENCY,
