@@ -294,3 +294,27 @@ def test_a_stopped_search_on_unknown_quality_gives_no_gap():
     assert "upper bound" not in found.method and "unknown" in found.method
     pruned = prune(plan, BudgetSpec(max_latency_s=8), time_limit=0.0)
     assert pruned.annotations["planner"]["search"]["upper_bound"] is None
+
+
+# --- calibrate -----------------------------------------------------------------------------
+
+def test_calibrate_reports_an_unknown_prediction_and_fits_no_base_to_it():
+    from moac.evaluation.calibrate import (MIN_SAMPLES, Calibration, compare_quality,
+                                           fit_quality_base)
+    from moac.evaluation.calibrate_render import report
+    p = program(MIXED)
+    plans = {"run": {"mixed": p.plan("mixed").to_dict()}}
+    verdicts = [{"pipeline": "mixed", "protocol": "pairwise", "preference": pref}
+                for pref in [1.0, 0.0] * MIN_SAMPLES]
+    (row,) = compare_quality(verdicts, plans, {})
+    assert row.before is None and row.after is None and row.measured == pytest.approx(50)
+    rows, planner = fit_quality_base([row], plans, {})
+    assert planner == {} and rows[0].fitted is None  # C is not fitted to an assumption
+    text = report(Calibration(["t.jsonl"], ["run"], 0.0, {}, {}, pipelines=rows))
+    assert re.search(r"mixed\s+50\.0 \+/-\S+ \(10\)\s+unknown\s+unknown\s+-", text)
+    # calibrated with a measured prior for newbie, the prediction is known again
+    rated = {"newbie": p.models["newbie"].model_copy(update={"quality": 30.0})}
+    (row,) = compare_quality(verdicts, plans, rated)
+    assert row.before is None and row.after is not None
+    rows, planner = fit_quality_base([row], plans, rated)
+    assert "quality_base" in planner and rows[0].fitted is not None
