@@ -23,8 +23,11 @@ QUALITY_SAMPLING_GAIN = 10.2         # G_s
 # Gain from distinct models, saturating: G_d * (1 - DECAY ** (distinct - 1)).
 QUALITY_DIVERSITY_GAIN = 15.0        # G_d
 QUALITY_DIVERSITY_DECAY = 0.80       # rho_d
-# Prior assumed for a model whose `quality` is not declared (the report says so).
+# Prior the search ranks sub-plans with in place of a model's undeclared `quality` (low: the
+# planner prefers what it knows). Never reported: a prediction resting on it is "unknown".
 UNKNOWN_QUALITY = 20.0
+# `moac plan` lists at most this many sub-plans of unknown quality (cheapest first).
+FRONTIER_UNKNOWN_ROWS = 12
 
 # --- routing (planner.route) ------------------------------------------------------------
 # Agreement at or above which the shared first layer's answers are aggregated at once (the

@@ -22,6 +22,7 @@ tokens and a mode; it reads only the plan (its calls, models and providers).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -156,9 +157,17 @@ def _bounds(totals: Estimate, budget: BudgetSpec):
             (totals.tflops, budget.max_tflops, "max_tflops"))
 
 
+def tflops_text(value: float) -> str:
+    """TFLOPs readable at every scale: whole numbers from 10 up (``3,657``), three
+    significant digits below (``0.0691``, ``1.25``: a small local model is not 0)."""
+    if not math.isfinite(value) or abs(value) >= 10 or value == 0:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
 def _format(value: float, label: str) -> str:
     if label == "max_usd":
         return f"${value:.4f}"
     if label == "max_latency":
         return f"{value:.1f}s"
-    return f"{value:,.0f} TFLOPs"
+    return f"{tflops_text(value)} TFLOPs"

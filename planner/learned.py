@@ -31,7 +31,17 @@ from planner.features import FEATURE_NAMES, query_features
 
 from planner.router_file import FORMAT, RouterFileError, check_router_data, read_router_file
 
-__all__ = ["FORMAT", "LearnedRouter", "RouterFileError", "fit_router", "load_router"]
+__all__ = ["FORMAT", "LearnedRouter", "NothingParsed", "RouterFileError", "fit_router",
+           "load_router"]
+
+# What each protocol's judge must write (moac.evaluation.verdicts.EXPECTED says the same;
+# the planner does not import the evaluation).
+_EXPECTED = {"pairwise": "[[A]]/[[B]]/[[C]]", "single": "a rating [[1]]..[[10]]"}
+
+
+class NothingParsed(ValueError):
+    """The traces hold verdicts on the two pipelines, but no query has a parsed one for both
+    because the judge's could not be parsed: judging again with it would change little."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +125,19 @@ def examples_from_records(records: Iterable[dict], larger: str, smaller: str,
                           judge: str | None = None) -> list[Example]:
     """Queries (and turns) with a parsed verdict for both pipelines and their features.
     Verdicts are only compared within one judge (with its protocol) and one prompt set;
-    when the records hold several judges, ``judge`` must name one (ValueError otherwise)."""
+    when the records hold several judges, ``judge`` must name one (ValueError otherwise).
+    When there are verdicts on the two pipelines but none was parsed, :class:`NothingParsed`
+    says how many and what the judge failed to write."""
     found: dict[tuple, dict[str, dict]] = {}
     judges: set[str] = set()
+    unparsed: dict[str, list[dict]] = {}  # judge -> its unparsed verdicts (not failed calls)
     for r in records:
-        if r.get("type") != "quality" or not r.get("parsed") or r.get("pipeline") not in (
-                larger, smaller) or not isinstance(r.get("features"), list):
+        if r.get("type") != "quality" or r.get("pipeline") not in (larger, smaller) or \
+                not isinstance(r.get("features"), list):
+            continue
+        if not r.get("parsed"):
+            if r.get("error") is None:
+                unparsed.setdefault(str(r.get("judge")), []).append(r)
             continue
         judges.add(str(r.get("judge")))
         if judge is not None and r.get("judge") != judge:
@@ -139,7 +156,34 @@ def examples_from_records(records: Iterable[dict], larger: str, smaller: str,
                 f"{key[2]}:{key[3]}#{key[4]}", np.asarray(big["features"], dtype=float),
                 _value(big), _value(small), float(big.get("answer_cost_usd") or 0.0),
                 float(small.get("answer_cost_usd") or 0.0)))
+    if not out:
+        parsed = sum(len(pair) for pair in found.values())
+        _nothing_parsed(unparsed, judge or next(iter(judges), None), parsed, larger, smaller)
     return out
+
+
+def _nothing_parsed(unparsed: dict[str, list[dict]], judge: str | None, parsed: int,
+                    larger: str, smaller: str) -> None:
+    """Raise :class:`NothingParsed` when no query has a parsed verdict for both pipelines
+    because the judge's verdicts were unparsed (``parsed``: how many verdicts were parsed)."""
+    if judge is not None:
+        unparsed = {judge: unparsed.get(judge, [])}
+    unparsed = {name: rows for name, rows in unparsed.items() if rows}
+    if not unparsed:
+        return
+    count = sum(len(rows) for rows in unparsed.values())
+    who = "; ".join(f"judge {name} did not write "
+                    f"{_EXPECTED.get(str(rows[0].get('protocol')), 'a verdict')}"
+                    for name, rows in sorted(unparsed.items()))
+    what = (f"{count} answer{'s' * (count != 1)} of {larger} and {smaller} "
+            f"{'were' if count != 1 else 'was'} judged but every verdict was unparsed ({who})"
+            if not parsed else
+            f"{count} of {count + parsed} verdicts on {larger} and {smaller} were unparsed "
+            f"({who}), and no query has a parsed verdict for both")
+    raise NothingParsed(
+        f"{what}; judging again with the same judge would change little: a stronger judge "
+        "model is needed (declare one in a `judge` block, run `moac eval --judge NAME` with "
+        "it, then fit on its traces)")
 
 
 def _value(record: dict) -> float:

@@ -11,7 +11,13 @@ cheapest sub-plan is over budget.
 The drops are applied one at a time, whole layers first, then single agents in declaration
 order, then the fallback swap; each line's change is measured from the plan before it, so the
 lines add up to the total (``dropped dbrx from layer refine: -0.4 quality, -9% cost``, the
-percentage of the declared plan's cost).
+percentage of the declared plan's cost; of its TFLOPs when it costs nothing, as a local
+model does).
+
+A quality resting on a model that declares none is unknown (:mod:`planner.quality`): it is
+stored as None ("quality" of before or after, and of a drop whose either side is unknown),
+a note names the models, and the report prints "unknown". The search still ranks by the
+quality model with an assumed prior, so the choice is deterministic.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from moac.ir.spec import BudgetSpec
 
 from planner import constants as k
 from planner.estimate import Estimate, estimate, fits, violations
-from planner.quality import MoaQualityModel
+from planner.quality import MoaQualityModel, predicted_or_none, unknown_models
 from planner.search import optimize
 from planner.subplan import Choice, build, describe, final_calls, full_choice, intermediate
 
@@ -47,12 +53,13 @@ def prune(plan: "Plan", budget: BudgetSpec | None = None, *,
                           time_limit=time_limit)
         choice = result.choice
         search = {"method": result.method, "exact": result.exact,
-                  "upper_bound": round(result.upper_bound, 3), "expansions": result.nodes,
+                  "upper_bound": round(result.upper_bound, 3) if result.known else None,
+                  "expansions": result.nodes,
                   "seconds": round(result.seconds, 4)}
     pruned = build(plan, choice)
     pruned.graph.graph["budget"] = budget
     after = estimate(pruned, prompt_tokens, budget.mode)
-    q_before, q_after = quality.predict(plan), quality.predict(pruned)
+    q_before, q_after = predicted_or_none(quality, plan), predicted_or_none(quality, pruned)
     pruned.annotations["planner"] = {
         "pipeline": plan.pipeline,
         "budget": budget.model_dump(mode="json"),
@@ -102,16 +109,25 @@ def steps(plan: "Plan", choice: Choice) -> list[tuple[str, Choice]]:
 
 def drops(plan: "Plan", choice: Choice, before: Estimate, prompt_tokens: int, mode: str,
           quality: MoaQualityModel) -> list[dict]:
+    """One line per step of :func:`steps`; its quality change is None (printed "quality
+    unknown") when either side rests on a model of undeclared quality."""
     out = []
-    previous_q, previous_usd = quality.predict(plan), before.usd
+    previous_q, previous = predicted_or_none(quality, plan), before
     for what, step in steps(plan, choice):
         built = build(plan, step)
-        q, usd = quality.predict(built), estimate(built, prompt_tokens, mode).usd
-        dq, dusd = q - previous_q, usd - previous_usd
-        cost = (f"{dusd / before.usd:+.0%} cost" if before.usd > 0 else f"{dusd:+.4f} USD")
-        out.append({"change": what, "quality": round(dq, 3), "usd": round(dusd, 6),
-                    "text": f"{what}: {dq:+.1f} quality, {cost}"})
-        previous_q, previous_usd = q, usd
+        q, totals = predicted_or_none(quality, built), estimate(built, prompt_tokens, mode)
+        dq = None if q is None or previous_q is None else q - previous_q
+        dusd = totals.usd - previous.usd
+        if before.usd > 0:
+            cost = f"{dusd / before.usd:+.0%} cost"
+        elif before.tflops > 0:  # a free (local) plan: what it saves is compute
+            cost = f"{(totals.tflops - previous.tflops) / before.tflops:+.0%} TFLOPs"
+        else:
+            cost = f"{dusd:+.4f} USD"
+        change = "quality unknown" if dq is None else f"{dq:+.1f} quality"
+        out.append({"change": what, "quality": None if dq is None else round(dq, 3),
+                    "usd": round(dusd, 6), "text": f"{what}: {change}, {cost}"})
+        previous_q, previous = q, totals
     return out
 
 
@@ -125,16 +141,26 @@ def notes(plan: "Plan", choice: Choice, quality: MoaQualityModel) -> list[str]:
         if kept and len(kept) < info.min_ok:
             out.append(f"lowered min_ok of layer {info.name} from {info.min_ok} to "
                        f"{len(kept)}: it keeps {len(kept)} agent{'s' * (len(kept) != 1)}")
-    for name in quality.unknown_models(plan):
-        out.append(f"model {name} declares no quality: assumed {quality.unknown:g}")
+    unknown = sorted(set(unknown_models(quality, plan)) | set(
+        unknown_models(quality, build(plan, choice))))
+    if unknown:
+        out.append(f"quality unknown: {_names(unknown)} declare{'s' * (len(unknown) == 1)} "
+                   "no quality (AlpacaEval 2.0 LC win rate alone); sub-plans were ranked "
+                   f"as if {'it' if len(unknown) == 1 else 'each'} scored "
+                   f"{getattr(quality, 'unknown', k.UNKNOWN_QUALITY):g}, an assumption, not "
+                   "a prediction")
     return out
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _choice(keep: list[list[int]], use_fallback: bool = False) -> Choice:
     return Choice(tuple(tuple(kept) for kept in keep), use_fallback)
 
 
-def _totals(totals: Estimate, predicted: float, budget: BudgetSpec) -> dict:
-    return {"quality": round(predicted, 3), **totals.as_dict(),
+def _totals(totals: Estimate, predicted: float | None, budget: BudgetSpec) -> dict:
+    return {"quality": None if predicted is None else round(predicted, 3), **totals.as_dict(),
             "calls": sum(1 for c in totals.calls if c.counted),
             "over": violations(totals, budget)}

@@ -29,6 +29,14 @@ G_d 15.0, rho 0.80, fitted minimax to the published points (Wang et al. 2024, Mo
     MoA-Lite (6 proposers, qwen72 aggregating)      59.3       59.3
     MoA (6 proposers, 6 refiners)                   65.1       64.4
 
+A model that declares no ``quality`` has no prior: a prediction resting on it (a kept agent
+or the aggregator; a fallback only once it aggregates) is *unknown*, and every report says
+so instead of printing a number (:meth:`MoaQualityModel.known`, :func:`unknown_models`). The
+search still has to rank sub-plans to prune one to a budget, so it puts
+:data:`~planner.constants.UNKNOWN_QUALITY` in the missing prior's place: a low value, so that
+the planner prefers what it knows; what it chooses that way is reported as "quality unknown",
+never with the assumed number. Quality dominance is never claimed for an unknown quality.
+
 Caveat: every fitted point has priors between 25 and 51; far outside that range (a 5-point
 model aggregating itself, say) the model is an extrapolation and over-predicts. Self-MoA (one
 strong model sampled six times beating a mixture) is not reproduced: the MoA paper's own
@@ -51,9 +59,27 @@ if TYPE_CHECKING:
 
 
 class QualityModel(Protocol):
+    """``predict`` is required. A model may also define ``unknown_models(plan)``, the models
+    whose quality its prediction for ``plan`` assumes (:func:`unknown_models`): with any,
+    that prediction is reported as unknown."""
+
     def predict(self, plan: "Plan") -> float:
         """Predicted AlpacaEval 2.0 LC win rate of ``plan`` (0..100)."""
         ...
+
+
+def unknown_models(model: "QualityModel", plan: "Plan") -> list[str]:
+    """The models whose quality ``model``'s prediction for ``plan`` assumes (empty: the
+    prediction rests on declared figures only). A model without ``unknown_models`` is taken
+    at its word."""
+    ask = getattr(model, "unknown_models", None)
+    return list(ask(plan)) if callable(ask) else []
+
+
+def predicted_or_none(model: "QualityModel", plan: "Plan") -> float | None:
+    """``model``'s prediction for ``plan``, or None when it is unknown (it would rest on a
+    model that declares no quality)."""
+    return None if unknown_models(model, plan) else float(model.predict(plan))
 
 
 # A planner block's settings -> MoaQualityModel's fields.
@@ -126,5 +152,14 @@ class MoaQualityModel:
         return prior if previous is None else float(self.write(prior, previous))
 
     def unknown_models(self, plan: "Plan") -> list[str]:
-        """Models of ``plan`` whose quality is assumed, not declared."""
-        return sorted(name for name, m in plan.models.items() if m.quality is None)
+        """The models :meth:`predict` reads a prior of (every agent before the final stage,
+        and the aggregator; not a fallback that never aggregates) that declare no quality:
+        for them it assumes :attr:`unknown`, so with any the prediction is unknown."""
+        names = {plan.call(n).model for layer in plan.layers[:-1] for n in layer.nodes}
+        names |= {plan.call(n).model for n in plan.layers[-1].nodes
+                  if plan.call(n).role == "aggregate"}
+        return sorted(name for name in names if plan.models[name].quality is None)
+
+    def known(self, plan: "Plan") -> bool:
+        """Whether :meth:`predict` rests on declared qualities only."""
+        return not self.unknown_models(plan)

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.estimate import tflops_text
+
+UNKNOWN = "unknown"  # what a quality resting on a model of undeclared quality prints as
+
 _LIMITS = (("max_usd", "max_usd", lambda v: f"${v:.4f}"),
            ("max_latency_s", "max_latency", lambda v: f"{v:g}s"),
-           ("max_tflops", "max_tflops", lambda v: f"{v:,.0f} TFLOPs"))
+           ("max_tflops", "max_tflops", lambda v: f"{tflops_text(v)} TFLOPs"))
+
+
+def quality_text(value: float | None, spec: str = ".1f") -> str:
+    """A predicted quality, or "unknown" (None: it rests on a model declaring none)."""
+    return UNKNOWN if value is None else format(value, spec)
 
 
 def budget_text(budget: dict[str, Any]) -> str:
@@ -28,8 +37,9 @@ def render(annotation: dict[str, Any], *, timing: bool = True) -> str:
                  f"{'calls':>7}")
     for label in ("before", "after"):
         t = a[label]
-        lines.append(f"  {label:8}{t['quality']:8.1f}{'$' + format(t['usd'], '.4f'):>10}"
-                     f"{format(t['latency_s'], '.1f') + 's':>10}{t['tflops']:10,.0f}"
+        lines.append(f"  {label:8}{quality_text(t['quality']):>8}"
+                     f"{'$' + format(t['usd'], '.4f'):>10}"
+                     f"{format(t['latency_s'], '.1f') + 's':>10}{tflops_text(t['tflops']):>10}"
                      f"{t['calls']:7d}")
     if a["before"]["over"]:
         lines.append("  over budget as declared: " + "; ".join(a["before"]["over"]))

@@ -12,7 +12,13 @@ The steps, in order:
    and its quality predicted (:class:`planner.quality.MoaQualityModel`). Candidates over a
    per-query bound are dropped: an unaffordable candidate is never picked. The target is the
    best predicted quality among the rest (ties: the cheaper). None fits: no target, and the
-   query fails naming each candidate's excess.
+   query fails naming each candidate's excess. When a fitting candidate's quality is
+   *unknown* (it rests on a model declaring none, :mod:`planner.quality`), quality cannot
+   rank them, and the target is the fitting candidate that spends the most (expected
+   dollars, then TFLOPs; ties: the first listed): the budget is what the user is willing to
+   spend on a query, and MoA's larger pipelines are its better ones; it also leaves the
+   later steps, which can only step down to cheaper candidates, something to weigh. The
+   decision says that quality is unknown, and for which models.
    **learned** (before any call; a route uses it or preroute, not both): the router fitted
    by ``moac fit-router`` (:mod:`planner.learned`) chooses between its larger and smaller
    pipeline when both fit: the larger when its predicted chance of winning reaches the
@@ -23,11 +29,14 @@ The steps, in order:
    on a query like this one, relative to the average). With ``usd_per_point`` the strong
    pipeline is kept when ``gain x usd_per_point >= extra dollars``; with ``share`` when the
    factor is above the threshold that sends that share of AlpacaEval's instructions to it.
+   With either quality unknown the gain is unknown: ``usd_per_point`` cannot price it, so
+   the target stands (and the decision says why); ``share`` does not use the gain.
 3. **agreement** (after the shared stages; :class:`moac.run.router.RouteExecutor` first checks
    that the target's remaining calls, estimated from the shared answers' real lengths,
    still fit ``max_usd``, and hands over to the early exit when not): when a cheaper
    fitting candidate starts with the
-   same stages as the target (same calls, same quorum: :func:`shared_stages`), those stages
+   same stages as the target (same calls, same quorum: :func:`shared_stages`; cheaper:
+   :func:`cost_key`, dollars then TFLOPs), those stages
    are run once, and the agreement of their answers (:mod:`planner.agreement`) decides:
    at or above the threshold the cheaper candidate finishes (its aggregator reads the
    answers already paid for), below it the target goes on. Among several cheaper sharing
@@ -43,7 +52,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from planner import constants as k
 from planner.estimate import Estimate, estimate, violations
-from planner.quality import MoaQualityModel, QualityModel
+from planner.quality import MoaQualityModel, QualityModel, unknown_models
+from planner.report import tflops_text
 
 if TYPE_CHECKING:
     from moac.ir import Plan
@@ -58,19 +68,30 @@ class Candidate:
     name: str
     plan: "Plan"
     estimate: Estimate
-    quality: float
+    quality: float  # the quality model's number; only a prediction when ``known``
     over: tuple[str, ...]  # the per-query bounds its estimate exceeds; empty: it fits
+    assumed: tuple[str, ...] = ()  # models of undeclared quality it rests on
 
     @property
     def fits(self) -> bool:
         return not self.over
 
+    @property
+    def known(self) -> bool:
+        return not self.assumed
+
+    @property
+    def predicted(self) -> float | None:
+        """The predicted quality, None when it is unknown."""
+        return self.quality if self.known else None
+
     def numbers(self) -> dict[str, Any]:
         return {"usd": round(self.estimate.usd, 6),
                 "latency_s": round(self.estimate.latency_s, 3),
                 "tflops": round(self.estimate.tflops, 3),
-                "quality": round(self.quality, 2), "fits": self.fits,
-                **({"over": list(self.over)} if self.over else {})}
+                "quality": round(self.quality, 2) if self.known else None,
+                **({"quality_unknown": list(self.assumed)} if self.assumed else {}),
+                "fits": self.fits, **({"over": list(self.over)} if self.over else {})}
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,8 @@ def assess(plans: Mapping[str, "Plan"], prompt_tokens: int, budget: "BudgetSpec"
         totals = estimate(plan, prompt_tokens, budget.mode)
         model = quality or MoaQualityModel.of(plan)
         out.append(Candidate(name, plan, totals, float(model.predict(plan)),
-                             tuple(violations(totals, budget))))
+                             tuple(violations(totals, budget)),
+                             tuple(unknown_models(model, plan))))
     return out
 
 
@@ -137,11 +159,23 @@ def choose_before_calls(route: "RouteSpec", candidates: Sequence[Candidate], que
         return PreCallChoice(None, (Decision(
             "budget", None, tuple(by_name), {"candidates": table},
             f"no candidate fits the per-query bounds ({why})"),))
-    best = min(fitting, key=lambda c: (-c.quality, c.estimate.usd))
     dropped = [c.name for c in candidates if not c.fits]
-    reason = f"{best.name} has the best predicted quality ({best.quality:.1f})"
-    reason += (" of the candidates that fit; " + ", ".join(dropped) + " over budget") \
-        if dropped else ""
+    unknown = [c for c in fitting if not c.known]
+    if not unknown:
+        best = min(fitting, key=lambda c: (-c.quality, c.estimate.usd))
+        reason = f"{best.name} has the best predicted quality ({best.quality:.1f})"
+        reason += " of the candidates that fit" if dropped else ""
+    else:
+        # Quality cannot rank them: the one that spends the most (module docstring);
+        # max keeps the first listed of equals.
+        best = max(fitting, key=cost_key)
+        models = sorted({m for c in unknown for m in c.assumed})
+        reason = (f"quality unknown for {', '.join(c.name for c in unknown)} "
+                  f"({', '.join(models)} declare{'s' * (len(models) == 1)} no quality), so "
+                  f"quality cannot rank the candidates: {best.name} spends the most of "
+                  f"those that fit (${best.estimate.usd:.4f}, "
+                  f"{tflops_text(best.estimate.tflops)} TFLOPs expected)")
+    reason += ("; " + ", ".join(dropped) + " over budget") if dropped else ""
     decisions = [Decision("budget", best.name,
                           tuple(c.name for c in candidates if c is not best),
                           {"candidates": table}, reason)]
@@ -152,7 +186,8 @@ def choose_before_calls(route: "RouteSpec", candidates: Sequence[Candidate], que
             decisions.append(decision)
             target = by_name[decision.chosen]
     if "preroute" in route.policies:
-        weak = min(fitting, key=lambda c: (c.estimate.usd, -c.quality))
+        weak = min(fitting, key=lambda c: (c.estimate.usd, _by_quality(c),
+                                           c.estimate.tflops))
         if weak is not best:
             decision = _preroute(route, best, weak, query, preroute)
             decisions.append(decision)
@@ -160,16 +195,27 @@ def choose_before_calls(route: "RouteSpec", candidates: Sequence[Candidate], que
     choice = PreCallChoice(target.name, tuple(decisions))
     if "agreement" in route.policies:
         exits = [(shared_stages(target.plan, c.plan), c) for c in fitting
-                 if c.estimate.usd < target.estimate.usd]
+                 if cost_key(c) < cost_key(target)]
         exits = [(n, c) for n, c in exits if n > 0]
         if exits:
             shared, early = min(exits, key=lambda e: (len(e[1].plan.layers) - 1 - e[0],
-                                                      -e[1].quality, e[1].estimate.usd))
+                                                      _by_quality(e[1]), e[1].estimate.usd))
             threshold = route.agreement if route.agreement is not None \
                 else k.DEFAULT_AGREEMENT_THRESHOLD
             choice = PreCallChoice(target.name, tuple(decisions), early.name, shared,
                                    threshold)
     return choice
+
+
+def cost_key(c: Candidate) -> tuple[float, float]:
+    """What "cheaper" means between candidates: expected dollars, then TFLOPs (so that
+    free candidates, a local model's, are still told apart)."""
+    return (c.estimate.usd, c.estimate.tflops)
+
+
+def _by_quality(c: Candidate) -> tuple:
+    """Sort key, best predicted quality first; an unknown one after every known one."""
+    return (0, -c.quality) if c.known else (1, 0.0)
 
 
 def _preroute(route: "RouteSpec", strong: Candidate, weak: Candidate, query: str,
@@ -178,13 +224,22 @@ def _preroute(route: "RouteSpec", strong: Candidate, weak: Candidate, query: str
     from planner.preroute import default_model
     model = model or default_model()
     factor = float(model.gain_factor(query))
-    average_gain = strong.quality - weak.quality
-    gain = average_gain * factor
+    known = strong.known and weak.known
+    average_gain = strong.quality - weak.quality if known else None
+    gain = average_gain * factor if known else None
     extra = strong.estimate.usd - weak.estimate.usd
     numbers: dict[str, Any] = {
         "category": query_features(query).category, "gain_factor": round(factor, 3),
-        "average_gain": round(average_gain, 2), "predicted_gain": round(gain, 2),
+        "average_gain": None if average_gain is None else round(average_gain, 2),
+        "predicted_gain": None if gain is None else round(gain, 2),
         "extra_usd": round(extra, 6)}
+    if route.usd_per_point is not None and not known:
+        numbers.update(usd_per_point=route.usd_per_point)
+        unknown = [c.name for c in (strong, weak) if not c.known]
+        return Decision("preroute", strong.name, (weak.name,), numbers,
+                        f"quality unknown for {', '.join(unknown)}: the gain of {strong.name} "
+                        f"cannot be priced at ${route.usd_per_point:g}/point, so the budget's "
+                        "choice stands")
     if route.usd_per_point is not None:
         worth = gain * route.usd_per_point
         numbers.update(usd_per_point=route.usd_per_point, gain_worth_usd=round(worth, 6))

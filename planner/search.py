@@ -18,8 +18,11 @@ over which later layers are kept, of increasing affine maps of E with each layer
 ``h``; a second bound limits each later layer to the subsets that the budget left (after the
 final stage's least cost) could buy that layer alone, and the smaller of the two is used.
 Children are visited best bound first, so the first dives give a good incumbent.
-Exact up to ties (equal predicted quality keeps the cheaper plan found first). If the search
-outlives ``time_limit`` it stops and reports the best plan found, as "stopped", with the
+Exact up to ties (equal predicted quality keeps the cheaper plan found first). A model that
+declares no quality is ranked with :data:`~planner.constants.UNKNOWN_QUALITY` in its place
+(:mod:`planner.quality`); ``known`` is False when the choice rests on such a model, and its
+``quality`` and ``upper_bound`` are then only the ranking's, not predictions to report.
+If the search outlives ``time_limit`` it stops and reports the best plan found, as "stopped", with the
 largest bound left unexplored: the true optimum lies between the two. The clock is only
 obeyed once some fitting plan is found, so "nothing fits" is always proven, never timed out.
 """
@@ -37,7 +40,7 @@ from moac.constants import ASSUMED_PROMPT_TOKENS
 from moac.ir.spec import BudgetSpec
 
 from planner import constants as k
-from planner.estimate import estimate
+from planner.estimate import estimate, tflops_text
 from planner.quality import MoaQualityModel
 from planner.subplan import Choice, build, final_calls, intermediate
 from planner.tables import final_agents, final_costs, layer_costs, layer_tables
@@ -61,11 +64,15 @@ class SearchResult:
     upper_bound: float  # no fitting sub-plan predicts more than this
     nodes: int          # layer expansions
     seconds: float
+    known: bool = True  # False: the choice keeps a model of undeclared quality
 
     @property
     def method(self) -> str:
         if self.exact:
             return f"exact branch and bound ({self.nodes} expansions)"
+        if not self.known:  # the gap would be in assumed points: not a figure to give
+            return (f"branch and bound stopped after {self.nodes} expansions: best found "
+                    "(its quality is unknown, so no gap to a bound is given)")
         return (f"branch and bound stopped after {self.nodes} expansions: best found, within "
                 f"{self.upper_bound - self.quality:.2f} points of the proven upper bound "
                 f"{self.upper_bound:.2f}")
@@ -93,9 +100,11 @@ def optimize(plan: "Plan", budget: BudgetSpec | None = None, *,
             q, usd, lat, tfl, rows = search.best
             keep = _prefer_earlier(tables, [t.keep(r) for t, r in zip(tables, rows)])
             bound = max(q, search.open_bound)
+            known = not (bool(final.unknown[0])
+                         or any(bool(t.unknown[r]) for t, r in zip(tables, rows)))
             return SearchResult(Choice(keep, use_fallback), q, usd, lat, tfl,
                                 search.open_bound == -math.inf, bound, search.nodes,
-                                time.perf_counter() - started)
+                                time.perf_counter() - started, known)
     raise NothingFits(_nothing_fits(plan, budget, prompt_tokens))
 
 
@@ -291,8 +300,8 @@ def _nothing_fits(plan: "Plan", budget: BudgetSpec, prompt_tokens: int) -> str:
                         else None),
                        ("max_latency", f"{budget.max_latency_s:.1f}s"
                         if budget.max_latency_s is not None else None),
-                       ("max_tflops", f"{budget.max_tflops:,.0f} TFLOPs"
+                       ("max_tflops", f"{tflops_text(budget.max_tflops)} TFLOPs"
                         if budget.max_tflops is not None else None)) if value)
     return (f"no sub-plan of pipeline '{plan.pipeline}' fits the budget ({asked}, "
             f"{budget.mode} case): the cheapest, {who} answering alone, costs ${usd:.4f}, "
-            f"{lat:.1f}s, {tfl:,.0f} TFLOPs")
+            f"{lat:.1f}s, {tflops_text(tfl)} TFLOPs")

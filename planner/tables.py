@@ -44,6 +44,7 @@ class Agents:
     prefill: np.ndarray
     rate: np.ndarray
     prior: np.ndarray
+    unknown: np.ndarray  # True where the model declares no quality (its prior is assumed)
     groups: list[tuple[int, np.ndarray]]  # (parallel limit, agent indices) per provider
 
     def costs(self, tokens_in):
@@ -64,6 +65,7 @@ class LayerTable:
     count: np.ndarray    # answers
     distinct: np.ndarray  # distinct model ids
     prior_sum: np.ndarray
+    unknown: np.ndarray  # True where the subset keeps a model of undeclared quality
     written: np.ndarray  # tokens the subset's answers add to the next reader's input
 
     def keep(self, row: int) -> tuple[int, ...]:
@@ -91,6 +93,7 @@ def agents_of(plan: "Plan", calls: list["CallNode"], prompt_tokens: int, mode: M
         prefill=np.array([m.prefill_tokens_per_s for m in models]),
         rate=np.array([m.output_tokens_per_s for m in models]),
         prior=np.array([quality.prior(m) for m in models]),
+        unknown=np.array([m.quality is None for m in models], bool),
         groups=[(plan.providers[name].parallel, np.array(idx)) for name, idx in
                 sorted(providers.items())])
 
@@ -121,14 +124,15 @@ def layer_tables(plan: "Plan", prompt_tokens: int, mode: Mode,
         tables.append(LayerTable(
             name=info.name, calls=calls, agents=agents, masks=masks, bits=bits,
             count=bits.sum(axis=1), distinct=np.asarray(distinct, float),
-            prior_sum=bits @ agents.prior, written=bits @ (agents.out + PER_ANSWER)))
+            prior_sum=bits @ agents.prior, unknown=(bits @ agents.unknown) > 0,
+            written=bits @ (agents.out + PER_ANSWER)))
     return tables
 
 
 def final_agents(plan: "Plan", use_fallback: bool, prompt_tokens: int, mode: Mode,
                  quality: MoaQualityModel) -> tuple[Agents, float]:
     """The final stage as Agents (the aggregator; in the worst mode its fallback after it,
-    both reading the same input) and the aggregator's prior."""
+    both reading the same input) and the aggregator's prior (``agents.unknown[0]``: assumed)."""
     aggregator, fallback = final_calls(plan)
     if use_fallback:
         aggregator, fallback = fallback, None

@@ -118,7 +118,8 @@ def test_plan_prints_the_frontier_and_draws_it(tmp_path, capsys):
     root = ET.parse(svg).getroot()
     texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
     assert "moa_lite" in texts and "cost per query (USD, log scale)" in texts
-    assert len(list(root.iter("{http://www.w3.org/2000/svg}polyline"))) == 2
+    assert "compute per query (TFLOPs, log scale)" in texts
+    assert len(list(root.iter("{http://www.w3.org/2000/svg}polyline"))) == 3  # one a cost
 
 
 def test_plan_usage_errors(capsys):

@@ -178,7 +178,8 @@ def cmd_plan(args) -> int:
 def _route_table(route_plan, tokens: int, mode: str | None) -> str:
     """A route's candidates side by side for a prompt of ``tokens``: what the budget
     policy weighs, and which candidates can take over after shared layers."""
-    from planner.route import assess, shared_stages
+    from planner.report import quality_text, tflops_text
+    from planner.route import assess, cost_key, shared_stages
     budget = route_plan.budget if mode is None else route_plan.budget.merged(
         type(route_plan.budget)(mode=mode))
     candidates = assess(route_plan.plans, tokens, budget)
@@ -189,13 +190,20 @@ def _route_table(route_plan, tokens: int, mode: str | None) -> str:
              f"  {'candidate':<{width}}  {'quality':>7} {'cost':>9} {'latency':>8} "
              f"{'TFLOPs':>9}  fits"]
     for c in candidates:
-        lines.append(f"  {c.name:<{width}}  {c.quality:>7.1f} {'$' + format(c.estimate.usd, '.4f'):>9} "
-                     f"{c.estimate.latency_s:>7.1f}s {c.estimate.tflops:>9,.0f}  "
+        lines.append(f"  {c.name:<{width}}  {quality_text(c.predicted):>7} "
+                     f"{'$' + format(c.estimate.usd, '.4f'):>9} "
+                     f"{c.estimate.latency_s:>7.1f}s {tflops_text(c.estimate.tflops):>9}  "
                      + ("yes" if c.fits else "no: " + ", ".join(c.over)))
+    unknown = sorted({m for c in candidates for m in c.assumed})
+    if unknown:
+        lines.append(f"  quality unknown: {', '.join(unknown)} declare"
+                     f"{'s' * (len(unknown) == 1)} no quality; when a candidate that fits "
+                     "rests on one, the budget policy takes the one that fits and spends the "
+                     "most")
     for a in candidates:
         for b in candidates:
             shared = shared_stages(a.plan, b.plan)
-            if a is not b and shared and b.estimate.usd < a.estimate.usd:
+            if a is not b and shared and cost_key(b) < cost_key(a):
                 lines.append(f"  {b.name} can take over from {a.name} after {shared} shared "
                              f"layer{'s' if shared != 1 else ''}")
     return "\n".join(lines) + "\n"

@@ -304,21 +304,34 @@ def cmd_eval(args) -> int:
 
 
 def _eval_table(document) -> str:
+    """The per-pipeline table, then a line on each pipeline's unparsed verdicts (what the
+    judge wrote instead) and on predictions that are unknown."""
+    from moac.evaluation.report import predicted_text, unparsed_note
     pairwise = document["judge"]["protocol"] == "pairwise"
     lines = [f"{'pipeline':<20} {'quality':>8} {'95% CI':>13} {'predicted':>9} "
-             f"{'$/query':>10} {'judged':>7} {'failed':>6}"]
+             f"{'$/query':>10} {'judged':>7} {'unparsed':>8} {'failed':>6}"]
     for r in document["pipelines"]:
         interval = r.get("lc_interval") if pairwise else r.get("score_interval")
         ci = f"{interval[0]:.1f}-{interval[1]:.1f}" if interval and interval[0] is not None \
             else "-"
         quality = "-" if r["quality"] is None else f"{r['quality']:.1f}"
-        guess = r["predicted"].get("quality")
         cost = "-" if r["usd_per_query"] is None else f"${r['usd_per_query']:.5f}"
         lines.append(f"{r['pipeline']:<20} {quality:>8} {ci:>13} "
-                     f"{'-' if guess is None else format(guess, '.1f'):>9} {cost:>10} "
-                     f"{r['judged']:>7} {r['failed'] + r['judge_failed']:>6}")
+                     f"{predicted_text(r['predicted']):>9} {cost:>10} "
+                     f"{r['judged']:>7} {r.get('unparsed', 0):>8} "
+                     f"{r['failed'] + r['judge_failed']:>6}")
     what = "LC win rate vs the reference (%)" if pairwise else "mean score (1-10)"
-    return "\n".join(lines) + f"\nquality: {what}; predicted: the planner's LC estimate\n"
+    lines.append(f"quality: {what}; predicted: the planner's LC estimate")
+    for r in document["pipelines"]:
+        note = unparsed_note(r, document["judge"])
+        if note:
+            lines.append(note)
+    unknown = sorted({m for r in document["pipelines"]
+                      for m in r["predicted"].get("unknown_quality", ())})
+    if unknown:
+        lines.append(f"predicted unknown: {', '.join(unknown)} declare"
+                     f"{'s' * (len(unknown) == 1)} no `quality`")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_calibrate(args) -> int:
@@ -341,7 +354,7 @@ def cmd_fit_router(args) -> int:
     import json
 
     from moac.traces.trace import read_trace
-    from planner.learned import examples_from_records, fit_router
+    from planner.learned import NothingParsed, examples_from_records, fit_router
     if args.larger == args.smaller:
         raise UsageError("--larger and --smaller must name two pipelines")
     paths = [existing_path(p) for p in args.traces]
@@ -351,6 +364,9 @@ def cmd_fit_router(args) -> int:
     try:
         examples = examples_from_records(records, args.larger, args.smaller, args.judge)
         router, fitted = fit_router(examples, args.larger, args.smaller)
+    except NothingParsed as error:  # the suggestion is a better judge, not the same again
+        print(f"moac: error: {error}", file=sys.stderr)
+        return EXIT_PROBLEMS
     except ValueError as error:
         hint = "; give --judge NAME" if "several judges" in str(error) else \
             f" (judge both with `moac eval --pipelines {args.larger},{args.smaller}`)"

@@ -123,8 +123,8 @@ class PipelineQuality:
     judged: int
     measured: float
     stderr: float
-    before: float
-    after: float
+    before: float | None  # None: unknown (a model it rests on declares no quality)
+    after: float | None
     fitted: float | None = None  # with the refitted quality_base as well
 
 
@@ -511,8 +511,9 @@ def with_models(plan: dict, models: dict[str, ModelSpec] | None = None):
 def compare_quality(verdicts: list[dict], plans: dict[str, dict[str, dict]],
                     models: dict[str, ModelSpec]) -> list[PipelineQuality]:
     """Measured pairwise win rates of whole pipelines (not ``single:`` ones) against the
-    quality model's prediction with the declared and the calibrated priors."""
-    from planner.quality import MoaQualityModel
+    quality model's prediction with the declared and the calibrated priors (None where a
+    prior is missing: the prediction would be the quality model's assumption)."""
+    from planner.quality import MoaQualityModel, predicted_or_none
 
     known = {name: plan for by_name in plans.values() for name, plan in by_name.items()
              if not name.startswith(SINGLE_PREFIX)}
@@ -527,7 +528,8 @@ def compare_quality(verdicts: list[dict], plans: dict[str, dict[str, dict]],
         measured, stderr = win_rate(prefs)
         quality = MoaQualityModel()
         out.append(PipelineQuality(name, len(prefs), measured, stderr,
-                                   quality.predict(before), quality.predict(after)))
+                                   predicted_or_none(quality, before),
+                                   predicted_or_none(quality, after)))
     return out
 
 
@@ -539,7 +541,9 @@ def fit_quality_base(rows: list[PipelineQuality], plans: dict[str, dict[str, dic
     with a slope each plan's shape sets, so one step solves it. The rows with ``fitted``
     set, and the ``planner`` block settings to write (empty when no whole pipeline was
     measured enough).
-    The other coefficients keep their fitted defaults: a few pipelines cannot pin six."""
+    The other coefficients keep their fitted defaults: a few pipelines cannot pin six.
+    A pipeline resting on a model with no quality, even calibrated, is left out: its
+    prediction is an assumption, and C fitted to it would be too."""
     from planner.quality import MoaQualityModel
     known = {name: plan for by_name in plans.values() for name, plan in by_name.items()}
     points = []
@@ -548,6 +552,8 @@ def fit_quality_base(rows: list[PipelineQuality], plans: dict[str, dict[str, dic
         if plan is None or row.judged < MIN_SAMPLES:
             continue
         model = MoaQualityModel.of(plan)
+        if not model.known(plan):
+            continue
         at = model.predict(plan)
         slope = MoaQualityModel(**{**model.__dict__, "base": model.base + 1}).predict(plan) - at
         if slope > 1e-9:  # a plan with no layer before its aggregator does not read C

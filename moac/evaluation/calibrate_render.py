@@ -151,7 +151,7 @@ def report(calibration: Calibration) -> str:
         out += _table([("pipeline", "measured", "predicted before", "with priors",
                         "with priors and base")] + [
             (q.pipeline, f"{q.measured:.1f} +/-{q.stderr:.1f} ({q.judged})",
-             f"{q.before:.1f}", f"{q.after:.1f}",
+             _quality(q.before), _quality(q.after),
              "-" if q.fitted is None else f"{q.fitted:.1f}") for q in c.pipelines],
             indent="  ")
         if c.planner:
@@ -167,6 +167,10 @@ def _model_row(fit: ModelFit) -> tuple[str, ...]:
             _change(d.ttft_s, m.ttft_s), _change(d.output_tokens_per_s, m.output_tokens_per_s),
             _change(d.prefill_tokens_per_s, m.prefill_tokens_per_s),
             _change(d.quality, m.quality))
+
+
+def _quality(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}"
 
 
 def _change(before, after) -> str:

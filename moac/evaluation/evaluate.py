@@ -216,6 +216,8 @@ async def _judge_turn(s, session: JudgeSession, run: PipelineRun, item, row: dic
     data = record.model_dump(mode="json")
     data["answer_sha256"] = answer_sha(candidate)
     data["judge_sha256"] = _judge_sha(s.judge, reference, turn)
+    if verdict.said is not None:  # what an unparsed verdict said instead (the report quotes it)
+        data["judge_said"] = verdict.said
     return data
 
 

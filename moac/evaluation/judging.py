@@ -14,7 +14,8 @@ verdicts parsed strictly (:mod:`moac.evaluation.verdicts`) and recorded as quali
   show the whole conversation.
 
 A judge call that fails, or a verdict that cannot be parsed, is recorded as such
-(``parsed=false``, the error), never guessed, and counts in no rate.
+(``parsed=false``, the error), never guessed, and counts in no rate. For an unparsed verdict
+:attr:`Verdict.said` keeps a short excerpt of what the judge wrote instead, for the report.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from importlib.resources import files
 from typing import Any
 
 from moac.evaluation.verdicts import (
-    ALPACA_PAIRWISE, JudgePrompt, combine_orders, load_judge_prompts, parse_pairwise,
+    ALPACA_PAIRWISE, JudgePrompt, combine_orders, excerpt, load_judge_prompts, parse_pairwise,
     parse_score,
 )
 from moac.ir import Plan
@@ -66,6 +67,7 @@ class Verdict:
     parsed: bool = False
     cost_usd: float = 0.0
     error: str | None = None
+    said: str | None = None  # unparsed: an excerpt of what the judge wrote instead
 
 
 class JudgeSession:
@@ -117,9 +119,11 @@ class JudgeSession:
         verdicts = (parse_pairwise(first) if first is not None else None,
                     parse_pairwise(second) if second is not None else None)
         preference = combine_orders(*verdicts)
+        said = next((excerpt(text) for text, verdict in zip((first, second), verdicts)
+                     if text is not None and verdict is None), None)
         return Verdict(turn, preference=preference, verdicts=verdicts,
                        parsed=preference is not None, cost_usd=cost_1 + cost_2,
-                       error=error_1 or error_2)
+                       error=error_1 or error_2, said=said)
 
     async def single(self, query_id: str, turn: int, questions: list[str],
                      answers: list[str], reference: tuple[str, ...] | None,
@@ -141,8 +145,9 @@ class JudgeSession:
         text, cost, error = await self.ask(mt_bench_prompts()[name], fields,
                                            f"{query_id}/score")
         score = parse_score(text) if text is not None else None
-        return Verdict(turn, score=score, parsed=score is not None,
-                       cost_usd=cost, error=error)
+        return Verdict(turn, score=score, parsed=score is not None, cost_usd=cost,
+                       error=error, said=excerpt(text) if text is not None and score is None
+                       else None)
 
 
 def _pair_prompt(turn: int, questions: list[str], candidate: list[str],

@@ -6,7 +6,9 @@ plan, for the planner's predictions). Quality is what the judge measured: for a 
 judge the win rate against the reference (ties half) with a percentile-bootstrap 95%
 interval and the length-controlled win rate (AlpacaEval 2.0's method, lengths in
 characters); for a single-score judge the mean score per category and overall. Turns whose
-verdict could not be parsed, or whose judge call failed, are counted and left out.
+verdict could not be parsed, or whose judge call failed, are counted and left out; for the
+unparsed, the report quotes what the judge wrote instead (:func:`unparsed_note`), so that
+"judged 0" never passes for an evaluation that measured something.
 """
 
 from __future__ import annotations
@@ -21,16 +23,26 @@ from typing import Any
 import numpy as np
 
 from moac.evaluation import stats
+from moac.evaluation.verdicts import EXPECTED
 from moac.ir import RoutePlan
+from planner.estimate import tflops_text
 
 PICTURE = "quality_cost.svg"
+# Distinct excerpts of unparsed verdicts a report row keeps.
+UNPARSED_QUOTES = 3
 
 
 def predicted(plan, answers: dict[str, dict], prompt_tokens: int) -> dict[str, Any]:
     """The planner's predicted quality and expected dollars per query; a route's are its
-    candidates' weighted by how often each answered."""
+    candidates' weighted by how often each answered. A prediction resting on a model that
+    declares no quality is unknown: ``quality`` None and ``unknown_quality`` naming the
+    models (printed "unknown", never the quality model's assumed number)."""
     from planner.estimate import estimate
-    from planner.quality import MoaQualityModel
+    from planner.quality import MoaQualityModel, unknown_models
+
+    def unknown_of(p) -> list[str]:
+        return unknown_models(MoaQualityModel.of(p), p)
+
     if isinstance(plan, RoutePlan):
         counts: dict[str, int] = {}
         for row in answers.values():
@@ -43,12 +55,26 @@ def predicted(plan, answers: dict[str, dict], prompt_tokens: int) -> dict[str, A
         total = sum(counts.values())
         if not total:
             return {"quality": None, "usd": None}
+        usd = sum(n * estimate(plan.plans[c], prompt_tokens, "expected").usd
+                  for c, n in counts.items()) / total
+        unknown = sorted({m for c in counts for m in unknown_of(plan.plans[c])})
+        if unknown:
+            return {"quality": None, "unknown_quality": unknown, "usd": usd}
         return {"quality": sum(n * MoaQualityModel.of(plan.plans[c]).predict(plan.plans[c])
-                               for c, n in counts.items()) / total,
-                "usd": sum(n * estimate(plan.plans[c], prompt_tokens, "expected").usd
-                           for c, n in counts.items()) / total}
-    return {"quality": MoaQualityModel.of(plan).predict(plan),
-            "usd": estimate(plan, prompt_tokens, "expected").usd}
+                               for c, n in counts.items()) / total, "usd": usd}
+    usd = estimate(plan, prompt_tokens, "expected").usd
+    unknown = unknown_of(plan)
+    if unknown:
+        return {"quality": None, "unknown_quality": unknown, "usd": usd}
+    return {"quality": MoaQualityModel.of(plan).predict(plan), "usd": usd}
+
+
+def predicted_text(prediction: dict[str, Any], spec: str = ".1f") -> str:
+    """The predicted quality as a table shows it: a number, "unknown", or "-" (none)."""
+    if prediction.get("unknown_quality"):
+        return "unknown"
+    value = prediction.get("quality")
+    return "-" if value is None else format(value, spec)
 
 
 def pipeline_stats(run, protocol: str, prompt_tokens: int) -> dict[str, Any]:
@@ -59,6 +85,8 @@ def pipeline_stats(run, protocol: str, prompt_tokens: int) -> dict[str, Any]:
         "failed": sum(1 for row in run.answers.values() if row.get("status") != "ok"),
         "judged": len(verdicts), "unparsed": sum(1 for v in run.verdicts
                                                  if not v.get("parsed") and not v.get("error")),
+        "unparsed_said": _quotes(v.get("judge_said") for v in run.verdicts
+                                 if not v.get("parsed") and not v.get("error")),
         "judge_failed": sum(1 for v in run.verdicts if v.get("error")),
         # What a query costs the pipeline, answers from a response cache at their recorded
         # price (else a replayed or partly cached run would look free); what was billed.
@@ -103,6 +131,34 @@ def pipeline_stats(run, protocol: str, prompt_tokens: int) -> dict[str, Any]:
     return out
 
 
+def _quotes(said) -> list[str]:
+    out: list[str] = []
+    for text in said:
+        if isinstance(text, str) and text not in out and len(out) < UNPARSED_QUOTES:
+            out.append(text)
+    return out
+
+
+def unparsed_note(row: dict[str, Any], judge: dict[str, Any]) -> str | None:
+    """One sentence on a pipeline's unparsed verdicts (None when there are none): how many,
+    what the judge should have written and, briefly, what it wrote instead; when no verdict
+    at all was parsed, that nothing was measured and a stronger judge is needed."""
+    count = row.get("unparsed") or 0
+    if not count:
+        return None
+    total = count + row["judged"]
+    expected = EXPECTED.get(judge.get("protocol"), "a verdict")
+    who = f"judge {judge.get('name')} (model {judge.get('model')}) did not write {expected}"
+    said = row.get("unparsed_said") or []
+    quote = f', it wrote e.g. "{said[0]}"' if said else ""
+    if not row["judged"]:
+        return (f"{row['pipeline']}: {count} answer{'s' * (count != 1)} judged but every "
+                f"verdict was unparsed ({who}{quote}): no quality was measured; a stronger "
+                "judge model is needed")
+    return (f"{row['pipeline']}: {count} of {total} verdicts unparsed ({who}{quote}); left "
+            "out of the quality")
+
+
 def write_report(report_dir: str, runs, settings, judge_run_id: str) -> dict[str, Any]:
     """Compute every pipeline's numbers and write the three files; the JSON document."""
     from moac.ir.prompts import messages_tokens
@@ -143,8 +199,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in doc["pipelines"]:
         p = r["predicted"]
-        common = [_num(p.get("quality"), ".1f"), _usd(r["usd_per_query"]), _usd(p.get("usd")),
-                  _num(r["tflops_per_query"], ",.1f"), _num(r["latency_s_per_query"], ".2f", "s"),
+        common = [predicted_text(p), _usd(r["usd_per_query"]), _usd(p.get("usd")),
+                  "-" if r["tflops_per_query"] is None else tflops_text(r["tflops_per_query"]), _num(r["latency_s_per_query"], ".2f", "s"),
                   f"{r['judged']}" + (f" ({r['unparsed']} unparsed)" if r["unparsed"] else ""),
                   "yes" if r["pareto"] else ""]
         if pairwise:
@@ -156,6 +212,14 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([r["pipeline"]] + quality + common) + " |")
     lines += ["", f"![quality against cost]({PICTURE})", ""]
     for r in doc["pipelines"]:
+        note = unparsed_note(r, judge)
+        if note:
+            lines.append(f"- **{note}**" if not r["judged"] else f"- {note}")
+        if r["predicted"].get("unknown_quality"):
+            models = r["predicted"]["unknown_quality"]
+            lines.append(f"- `{r['pipeline']}`: predicted quality unknown: "
+                         + ", ".join(models)
+                         + f" declare{'s' * (len(models) == 1)} no `quality`")
         if r.get("routed_to"):
             lines.append(f"- `{r['pipeline']}` routed: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(r["routed_to"].items())))
@@ -172,10 +236,13 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def picture(doc: dict[str, Any]) -> str:
-    """Measured quality against dollars per query (log axis); hollow markers are the
-    planner's predictions (pairwise judges only: same scale); the line joins the
-    measured Pareto front."""
-    rows = [r for r in doc["pipelines"] if r["quality"] is not None and r["usd_per_query"]]
+    """Measured quality against dollars per query; hollow markers are the planner's
+    predictions (pairwise judges only: same scale); the line joins the measured Pareto
+    front. The dollar axis is :func:`planner.plot.cost_axis`'s: logarithmic over a wide
+    range, with free pipelines (a local model's $0) at a slot of their own, never left out."""
+    from planner.plot import axis_ticks, cost_axis
+    rows = [r for r in doc["pipelines"] if r["quality"] is not None
+            and r["usd_per_query"] is not None]
     width, height, left, top, pw, ph = 720, 460, 80, 50, 580, 330
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              'font-family="sans-serif" font-size="12">',
@@ -183,20 +250,22 @@ def picture(doc: dict[str, Any]) -> str:
              f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="15">'
              f'{escape(doc["prompts"])}: measured quality against cost per query</text>']
     if not rows:
-        parts += [f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no judged '
-                  'answers with a cost</text>', "</svg>"]
+        unparsed = sum(r.get("unparsed") or 0 for r in doc["pipelines"])
+        why = (f"no quality measured: every verdict was unparsed ({unparsed})" if unparsed
+               else "no judged answers")
+        parts += [f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">'
+                  f'{escape(why)}</text>', "</svg>"]
         return "\n".join(parts) + "\n"
     pairwise = doc["judge"]["protocol"] == "pairwise"
-    qs = [r["quality"] for r in rows] + ([r["predicted"]["quality"] for r in rows
-                                          if r["predicted"].get("quality") is not None]
-                                         if pairwise else [])
-    us = [r["usd_per_query"] for r in rows]
+    guesses = [r for r in rows if pairwise and r["predicted"].get("quality") is not None
+               and r["predicted"].get("usd") is not None]
+    qs = [r["quality"] for r in rows] + [r["predicted"]["quality"] for r in guesses]
+    axis = cost_axis([r["usd_per_query"] for r in rows]
+                     + [r["predicted"]["usd"] for r in guesses])
     q_lo, q_hi = min(qs) - 3, max(qs) + 3
-    u_lo, u_hi = min(us) / 1.5, max(us) * 1.5
 
     def fx(u):
-        return left + pw * (math.log10(u) - math.log10(u_lo)) / (math.log10(u_hi)
-                                                                  - math.log10(u_lo))
+        return left + pw * axis.frac(u)
 
     def fy(q):
         return top + ph * (q_hi - q) / (q_hi - q_lo)
@@ -206,11 +275,13 @@ def picture(doc: dict[str, Any]) -> str:
     label = "LC win rate (%)" if pairwise else "mean score (1-10)"
     parts.append(f'<text x="{left - 50}" y="{top + ph / 2}" text-anchor="middle" '
                  f'transform="rotate(-90 {left - 50} {top + ph / 2})">{label}</text>')
+    scale = {"log": " (log scale)", "zero": ": every pipeline $0"}.get(axis.scale, "")
     parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 36}" text-anchor="middle">'
-                 'USD per query (log scale)</text>')
-    for u in (u_lo * 1.5, u_hi / 1.5):
-        parts.append(f'<text x="{fx(u):.1f}" y="{top + ph + 16}" text-anchor="middle">'
-                     f'${u:.5f}</text>')
+                 f'USD per query{scale}</text>')
+    for x, tick in axis_ticks(axis, "money", pw):
+        if tick is not None:
+            parts.append(f'<text x="{left + x:.1f}" y="{top + ph + 16}" '
+                         f'text-anchor="middle">{escape(tick)}</text>')
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["usd_per_query"])
     if len(front) > 1:
         points = " ".join(f"{fx(r['usd_per_query']):.1f},{fy(r['quality']):.1f}" for r in front)
@@ -218,9 +289,9 @@ def picture(doc: dict[str, Any]) -> str:
                      'stroke-width="1.5"/>')
     for r in rows:
         x, y = fx(r["usd_per_query"]), fy(r["quality"])
-        guess = r["predicted"].get("quality")
-        if pairwise and guess is not None and r["predicted"].get("usd"):
-            gx = fx(min(max(r["predicted"]["usd"], u_lo), u_hi))
+        if r in guesses:
+            guess = r["predicted"]["quality"]
+            gx = fx(r["predicted"]["usd"])
             parts.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{gx:.1f}" y2="{fy(guess):.1f}" '
                          'stroke="#999" stroke-dasharray="3,3"/>')
             parts.append(f'<circle cx="{gx:.1f}" cy="{fy(guess):.1f}" r="5" fill="none" '

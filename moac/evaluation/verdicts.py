@@ -33,6 +33,19 @@ _BRACKETED = re.compile(r"\[\[([^\[\]]*)\]\]")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _TOKEN_TO_VERDICT: dict[str, Verdict] = {"A": "A", "B": "B", "C": "tie"}
 SCORE_RANGE = (1.0, 10.0)
+# What a protocol's judge must write, as messages put it (planner.learned says the same).
+EXPECTED = {"pairwise": "[[A]]/[[B]]/[[C]]", "single": "a rating [[1]]..[[10]]"}
+# How much of an unparsed verdict reports quote (characters, before an ellipsis).
+EXCERPT_CHARS = 80
+
+
+def excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters with an
+    ellipsis; ``(nothing)`` for an empty answer."""
+    flat = " ".join((text or "").split())
+    if not flat:
+        return "(nothing)"
+    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
 def parse_pairwise(text: str) -> Verdict | None:
