@@ -172,11 +172,15 @@ def test_batch_killed_midway_resumes_without_paying_twice(workdir, server, tmp_p
         wait_for_lines(out_path, 6)
     finally:
         process.kill()
+        killed_at = time.monotonic()
         process.communicate(timeout=10)
     time.sleep(0.3)  # let the server see the dropped connections
     before = {r["id"] for r in read_answers(str(out_path)) if r["status"] == "ok"}
     assert 6 <= len(before) < 24
     seen = len(server.requests)
+    in_flight = sum(1 for r in server.requests if r.ended >= killed_at)
+    journal = workdir / "questions.moa_lite.answers.calls.sqlite"
+    assert journal.exists()  # every finished call was kept
 
     server.set_default(Behavior(latency_s=0.01))
     code, _, err = main(capsys, "run", "moa_lite.moa", "--prompts",
@@ -185,7 +189,12 @@ def test_batch_killed_midway_resumes_without_paying_twice(workdir, server, tmp_p
     assert code == 0, err
     assert f"{len(before)} of 24 already answered" in err
     resumed = server.requests[seen:]
-    assert len(resumed) == 7 * (24 - len(before))
+    # The answered items cost nothing again, and of the items in flight at the kill only
+    # the calls then unfinished are asked again: the rest come back from the journal.
+    assert len(server.requests) <= 7 * 24 + in_flight
+    assert len(resumed) < 7 * (24 - len(before))
+    assert "taken back from the journal" in err
+    assert not journal.exists()  # every item answered: the journal is gone
     answered_prompts = {prompts[int(i)] for i in before}
     assert not any(user_prompt(r) in answered_prompts for r in resumed)
     rows = read_answers(str(out_path))
@@ -193,6 +202,37 @@ def test_batch_killed_midway_resumes_without_paying_twice(workdir, server, tmp_p
     assert all(r["status"] == "ok" and r["output"] and r["generator"] == "moa_lite"
                and r["dataset"] == "test" for r in rows)
     assert sum(r["type"] == "run" for r in read_trace("t.jsonl")) == 2
+
+
+def test_repeated_kills_pay_only_for_the_calls_in_flight(workdir, server, tmp_path, capsys):
+    """120 MoA-Lite items at concurrency 16, killed (SIGKILL) six times while proposers are
+    in flight, then let finish: every call but those in flight at a kill is asked once."""
+    write_prompts(tmp_path / "q.jsonl", 120)
+    server.set_default(Behavior(latency_s=0.05))
+    in_flight = 0
+    out = workdir / "a.jsonl"
+    for kill in range(6):
+        process = cli_process("run", "moa_lite.moa", "--prompts", str(tmp_path / "q.jsonl"),
+                              "--out", "a.jsonl", "--concurrency", "16", cwd=workdir)
+        try:
+            # Let it work a while: until it asked 40 more requests.
+            target = len(server.requests) + 40
+            deadline = time.monotonic() + 30
+            while len(server.requests) < target and time.monotonic() < deadline \
+                    and process.poll() is None:
+                time.sleep(0.005)
+        finally:
+            process.kill()
+            killed_at = time.monotonic()
+            process.communicate(timeout=10)
+        time.sleep(0.2)
+        in_flight += sum(1 for r in server.requests if r.ended >= killed_at or not r.ended)
+    code, _, err = main(capsys, "run", "moa_lite.moa", "--prompts", str(tmp_path / "q.jsonl"),
+                        "--out", "a.jsonl", "--concurrency", "16")
+    assert code == 0, err
+    rows = read_answers(str(out))
+    assert len(rows) == 120 and all(r["status"] == "ok" for r in rows)
+    assert len(server.requests) <= 7 * 120 + in_flight, (len(server.requests), in_flight)
 
 
 def test_ctrl_c_stops_keeps_every_trace_line_and_exits_130(workdir, server, tmp_path):

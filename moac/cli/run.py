@@ -215,6 +215,7 @@ async def _run_prompts(runner, items, out: str, concurrency: int) -> int:
     import time
 
     from moac.run import stderr_progress
+    from moac.text import dollars
     start = time.monotonic()
     async with runner:
         state = await runner.run_batch(items, out, concurrency=concurrency,
@@ -222,6 +223,10 @@ async def _run_prompts(runner, items, out: str, concurrency: int) -> int:
     if state.before:
         print(f"moac: {state.before} of {len(items)} already answered in {out}",
               file=sys.stderr)
+    if state.recovered:
+        print(f"moac: {state.recovered} call{'s' if state.recovered != 1 else ''} taken back "
+              f"from the journal of an interrupted run ({dollars(state.recovered_usd)} not "
+              "paid again)", file=sys.stderr)
     if state.stopped:
         print(f"moac: stopped: {state.stopped}; {state.not_run} not run (run again to "
               "resume)", file=sys.stderr)

@@ -33,6 +33,7 @@ from moac.evaluation.judging import JudgeSession, Verdict, answer_sha, judge_pla
 from moac.evaluation.prompt_sets import PromptSet
 from moac.ir import Plan, RoutePlan
 from moac.run import BatchProgress, RunError, Runner, read_answers
+from moac.run.runner import resolve_keys
 from moac.constants import SINGLE_PREFIX
 from moac.ir.spec import JudgeSpec, Sampling
 from moac.traces.trace import QualityRecord, read_jsonl
@@ -103,8 +104,8 @@ async def evaluate(settings: EvalSettings) -> tuple[list[PipelineRun], str]:
     # not surface after the pipelines before it were paid for.
     plans = [run.plan for run in runs] + [judge_plan(s.program, s.judge)] + \
         ([reference_run.plan] if reference_run is not None else [])
-    for plan in plans:
-        Runner(plan, environ=s.environ, cache=s.cache, cache_mode=s.cache_mode)
+    if s.cache_mode != "replay":
+        resolve_keys(plans, os.environ if s.environ is None else s.environ)
     for sub in ("answers", "judgments"):
         os.makedirs(os.path.join(s.report_dir, sub), exist_ok=True)
     trace = os.path.join(s.report_dir, "trace.jsonl")

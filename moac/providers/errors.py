@@ -201,10 +201,24 @@ class MissingApiKey(ProviderError):
     """The environment variable a provider names holds no key. Names the variable, never
     a value."""
 
-    def __init__(self, variable: str, *, provider: str | None = None) -> None:
+    def __init__(self, variable: str, *, provider: str | None = None,
+                 more: tuple[tuple[str, str | None], ...] = ()) -> None:
         self.variable = variable
-        super().__init__(f"environment variable {variable} is not set (the API key of "
-                         f"provider {provider!r})", provider=provider)
+        self.missing = ((variable, provider),) + tuple(more)  # every (variable, provider)
+        if not more:
+            text = (f"environment variable {variable} is not set (the API key of provider "
+                    f"{provider!r})")
+        else:
+            text = (f"{len(self.missing)} environment variables are not set: "
+                    + ", ".join(f"{v} (the API key of provider {p!r})" for v, p in self.missing))
+        super().__init__(text, provider=provider)
+
+    @classmethod
+    def every(cls, missing: list[tuple[str, str | None]]) -> "MissingApiKey":
+        """One error naming every missing variable (in order, each once)."""
+        unique = list(dict.fromkeys(missing))
+        (variable, provider), rest = unique[0], tuple(unique[1:])
+        return cls(variable, provider=provider, more=rest)
 
 
 class DeadlineExceeded(ProviderError):

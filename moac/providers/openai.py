@@ -74,7 +74,9 @@ class ChatRequest:
     overrides the policy's minimum time an attempt needs before the deadline.
     ``occurrence`` counts the identical requests of the same query before this one (copies
     of an agent without a seed ask exactly the same thing): it is never sent, but a response
-    cache keys on it, so that replayed copies do not collapse into one answer."""
+    cache keys on it, so that replayed copies do not collapse into one answer. ``scope`` is
+    the query the request belongs to (never sent): a batch's journal keys on it, so that a
+    resumed query takes back its own answers and no other's."""
 
     model: str
     messages: Sequence[Mapping[str, Any]]
@@ -83,6 +85,7 @@ class ChatRequest:
     stream: bool = True
     min_attempt_s: float | None = None
     occurrence: int = 0
+    scope: str = ""
 
     @property
     def answer_limit(self) -> int:

@@ -36,6 +36,7 @@ class Node:
 class QueryState(Protocol):
     """What a call reads and writes of the query it belongs to (the executor's query)."""
     x: Any                               # the Executor: clock, clients
+    query_id: str
     history: list[dict]
     deadline: float
     limit_s: float
@@ -136,7 +137,7 @@ class AgentCall:
         head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
         return ChatRequest(model=self.model.model_id, messages=head + self.q.history,
                            sampling=call.sampling, max_tokens=max_tokens, stream=True,
-                           occurrence=self.node.occurrence)
+                           occurrence=self.node.occurrence, scope=self.q.query_id)
 
     def shortened(self, references, allowance: int, max_tokens: int | None, *,
                   keep_one: bool = False):

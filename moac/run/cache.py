@@ -48,7 +48,7 @@ from moac.providers.errors import ProviderError
 from moac.providers.openai import Attempt, CallResult, ChatRequest, Usage
 from moac.text import json_bytes
 
-Mode = Literal["record", "replay"]
+Mode = Literal["record", "replay", "journal"]
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, created_at REAL NOT NULL, text TEXT NOT NULL,
@@ -67,10 +67,12 @@ class CacheMiss(ProviderError):
     retryable_default = False
 
 
-def request_key(request: ChatRequest) -> str:
+def request_key(request: ChatRequest, *, scoped: bool = False) -> str:
     """The SHA-256 (hex) of a canonical JSON of everything that determines the answer (see
     the module docstring). Equal requests give equal keys whatever the key order of their
-    message dicts; numbers are normalised (``temperature`` 1 and 1.0 are one key)."""
+    message dicts; numbers are normalised (``temperature`` 1 and 1.0 are one key).
+    ``scoped``: the request's query (``scope``) is part of the key too (a batch's journal:
+    only the same query takes an answer back)."""
     sampling = request.sampling
     max_tokens = request.max_tokens if request.max_tokens is not None else sampling.max_tokens
     canonical = {
@@ -82,6 +84,8 @@ def request_key(request: ChatRequest) -> str:
     }
     if request.occurrence:  # the second unseeded copy in a query is another answer
         canonical["occurrence"] = request.occurrence
+    if scoped:
+        canonical["scope"] = request.scope
     return hashlib.sha256(json_bytes(canonical, sort_keys=True, separators=(",", ":"),
                                      allow_nan=False)).hexdigest()
 
@@ -234,15 +238,17 @@ class CachingClient:
     answered from the cache (the inner client is not called), a miss is asked of ``inner``
     and its complete answer stored. ``replay``: a hit is answered, a miss raises
     :class:`CacheMiss`; ``inner`` is never called and may be None (no key, no server).
-    A cached answer ignores ``deadline``: it takes no time."""
+    ``journal``: as ``record``, with keys scoped to the request's query (a batch keeping
+    every finished call as it ends, so that a resumed query pays only for what was in
+    flight). A cached answer ignores ``deadline``: it takes no time."""
 
     def __init__(self, inner: Any, cache: ResponseCache, mode: Mode, *,
                  provider: str | None = None, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
-        if mode not in ("record", "replay"):
-            raise ValueError(f"mode must be 'record' or 'replay', not {mode!r}")
-        if inner is None and mode == "record":
-            raise ValueError("--record needs a client to ask on a miss")
+        if mode not in ("record", "replay", "journal"):
+            raise ValueError(f"mode must be 'record', 'replay' or 'journal', not {mode!r}")
+        if inner is None and mode != "replay":
+            raise ValueError(f"{mode} needs a client to ask on a miss")
         spec = getattr(inner, "provider", None)
         self.inner, self.cache, self.mode = inner, cache, mode
         self._in_flight: dict[str, asyncio.Future] = {}  # record: keys being asked now
@@ -259,7 +265,7 @@ class CachingClient:
     async def chat(self, request: ChatRequest, *, deadline: float | None = None,
                    on_delta: Callable[[str], None] | None = None,
                    on_attempt: Callable[[Attempt], None] | None = None) -> CallResult:
-        key = request_key(request)
+        key = request_key(request, scoped=self.mode == "journal")
         replay = self.mode == "replay"
         if not replay and key in self._in_flight:
             # The very same request is being asked right now: wait for its answer rather
@@ -287,8 +293,8 @@ class CachingClient:
                                            on_attempt=on_attempt)
             if result.finish_reason in CACHE_FINISH_REASONS:
                 self.cache.put(key, request.model, result)
-                if request.max_tokens is not None and request.max_tokens != \
-                        request.sampling.max_tokens:
+                if self.mode == "record" and request.max_tokens is not None and \
+                        request.max_tokens != request.sampling.max_tokens:
                     self.cache.put(clamped_alias(request), request.model, result,
                                    count=False)
         finally:  # stored (or failed): the requests waiting on this one go on

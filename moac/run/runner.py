@@ -125,9 +125,12 @@ class BatchProgress:
     ok: int = 0
     failed: int = 0
     cost_usd: float = 0.0
+    cached_usd: float = 0.0  # the price of the answers that came from a cache or journal
     started: float = field(default_factory=time.monotonic)
     not_run: int = 0
     stopped: str | None = None  # why the batch stopped early (the run's budget)
+    recovered: int = 0  # calls answered from the journal of an interrupted run
+    recovered_usd: float = 0.0  # ...and what they had cost
 
     @property
     def elapsed_s(self) -> float:
@@ -163,19 +166,10 @@ class Runner:
         self.cache, self.cache_mode = cache, cache_mode if cache is not None else None
         self.keys = {}
         if clients is None and self.cache_mode != "replay":
-            environ = os.environ if environ is None else environ
             # Keys first: a missing one must fail before anything is sent or written.
-            for provider in plan.providers.values():
-                if provider.kind == "local":
-                    # The model file and llama.cpp must be there before anything starts;
-                    # the error names the install command.
-                    from moac.providers.local import check_local
-                    for model in plan.models.values():
-                        if model.provider == provider.name:
-                            check_local(provider, model)
-                    continue
-                self.keys[provider.name] = resolve_api_key(provider, environ)
+            self.keys = resolve_keys([plan], os.environ if environ is None else environ)
         self.session = None
+        self.clients: dict[str, ChatClient] = {}  # shared by the executors: see run_batch
         self.local_servers = None  # moac.providers.local.LocalServers, started on first use
         self.trace: TraceWriter | None = None
         self.executor: Executor | None = None
@@ -217,6 +211,7 @@ class Runner:
             if self.trace_path:
                 self.trace = TraceWriter(self.trace_path)
                 self.trace.write(self.header())
+            self.clients = clients
             self.executor = self._executor(clients)
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -297,10 +292,39 @@ class Runner:
 
     async def run_batch(self, items: Sequence[PromptItem], out_path: str, *,
                         concurrency: int = DEFAULT_RUN_CONCURRENCY,
-                        progress: Callable[[BatchProgress], None] | None = None
-                        ) -> BatchProgress:
+                        progress: Callable[[BatchProgress], None] | None = None,
+                        journal: bool = True) -> BatchProgress:
         """Answer every item not already answered in ``out_path`` (see the module
-        docstring), appending a line per item as it completes."""
+        docstring), appending a line per item as it completes. With ``journal`` (and no
+        response cache of its own), every call is kept as it ends in
+        :func:`journal_path` ``(out_path)``, so that a killed batch, run again, pays only for
+        the calls that were in flight; the journal is removed once every item is answered."""
+        if not journal or self.cache_mode is not None or not self.clients:
+            return await self._run_batch(items, out_path, concurrency, progress)
+        from moac.run.cache import CachingClient, ResponseCache
+        path = journal_path(out_path)
+        plain = dict(self.clients)
+        with ResponseCache(path) as kept:
+            # The executors share this dict: the journal stands in front of every client
+            # for the length of the batch.
+            self.clients.update({name: CachingClient(client, kept, "journal", provider=name)
+                                 for name, client in plain.items()})
+            try:
+                state = await self._run_batch(items, out_path, concurrency, progress)
+            finally:
+                self.clients.update(plain)
+            state.recovered = kept.stats.hits
+            state.recovered_usd = state.cached_usd
+        if state.failed == 0 and state.not_run == 0 and not state.stopped:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.remove(path + suffix)
+                except FileNotFoundError:
+                    pass
+        return state
+
+    async def _run_batch(self, items: Sequence[PromptItem], out_path: str, concurrency: int,
+                         progress: Callable[[BatchProgress], None] | None) -> BatchProgress:
         rows = read_answers(out_path)
         others = sorted({str(r.get("generator")) for r in rows
                          if r.get("status") == "ok" and r.get("generator") not in
@@ -363,6 +387,7 @@ class Runner:
                 state.ok += status == "ok"
                 state.failed += status != "ok"
                 state.cost_usd += sum(r.cost_usd for r in results)
+                state.cached_usd += sum(r.cached_usd for r in results)
                 if progress is not None:
                     progress(state)
 
@@ -405,6 +430,33 @@ class Runner:
         return jsonl_safe(json_bytes(row)) + b"\n"
 
 
+def resolve_keys(plans: Sequence[Plan | RoutePlan],
+                 environ: Mapping[str, str]) -> dict[str, Any]:
+    """Every provider's key (by provider name; None for one that needs none), after
+    checking every local model is installed. Raises one
+    :class:`~moac.providers.errors.MissingApiKey` naming *every* missing variable of every
+    plan, so that a run needing two keys says so once, before any call."""
+    keys: dict[str, Any] = {}
+    missing: list[tuple[str, str | None]] = []
+    for plan in plans:
+        for provider in plan.providers.values():
+            if provider.kind == "local":
+                # The model file and llama.cpp must be there before anything starts; the
+                # error names the install command.
+                from moac.providers.local import check_local
+                for model in plan.models.values():
+                    if model.provider == provider.name:
+                        check_local(provider, model)
+                continue
+            try:
+                keys[provider.name] = resolve_api_key(provider, environ)
+            except MissingApiKey as error:
+                missing.extend(error.missing)
+    if missing:
+        raise MissingApiKey.every(missing)
+    return keys
+
+
 async def run_plan(plan: Plan | RoutePlan, prompts, *, concurrency: int = DEFAULT_RUN_CONCURRENCY,
                    trace_path: str | None = None, environ: Mapping[str, str] | None = None,
                    max_usd_total: float | None = None,
@@ -419,6 +471,12 @@ async def run_plan(plan: Plan | RoutePlan, prompts, *, concurrency: int = DEFAUL
 
 
 # --- command-line helpers ---------------------------------------------------------------------
+
+
+def journal_path(out_path: str) -> str:
+    """Where a batch writing ``out_path`` keeps every finished call until it is done."""
+    stem = out_path[:-len(".jsonl")] if out_path.endswith(".jsonl") else out_path
+    return stem + ".calls.sqlite"
 
 
 def default_answers_path(prompts_path: str, pipeline: str) -> str:
