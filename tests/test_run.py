@@ -226,7 +226,10 @@ def test_repeated_kills_pay_only_for_the_calls_in_flight(workdir, server, tmp_pa
             killed_at = time.monotonic()
             process.communicate(timeout=10)
         time.sleep(0.2)
-        in_flight += sum(1 for r in server.requests if r.ended >= killed_at or not r.ended)
+        # In flight: unfinished at the kill, or finished so shortly before it that the
+        # client may not have read (and kept) the answer yet.
+        in_flight += sum(1 for r in server.requests
+                         if not r.ended or r.ended >= killed_at - 0.1)
     code, _, err = main(capsys, "run", "moa_lite.moa", "--prompts", str(tmp_path / "q.jsonl"),
                         "--out", "a.jsonl", "--concurrency", "16")
     assert code == 0, err
@@ -249,7 +252,7 @@ def test_ctrl_c_stops_keeps_every_trace_line_and_exits_130(workdir, server, tmp_
     finally:
         process.kill()
     assert process.returncode == 130, err
-    assert "moac: interrupted" in err and "Traceback" not in err
+    assert "moac: interrupted" in err and "Traceback" not in err and "Unclosed" not in err
     lines = (workdir / "t.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line whole
     assert any(r["type"] == "call" and r["status"] == "cancelled" for r in records)

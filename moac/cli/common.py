@@ -52,7 +52,7 @@ def cache_report(cache, mode) -> int:
 
 def add_budget_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("budget (overrides the file's; prunes the pipeline)")
-    group.add_argument("--max-usd", metavar="X", help="dollars per query: $0.05 or 0.05")
+    group.add_argument("--max-usd", metavar="X", help="dollars per query: '$0.05' or 0.05")
     group.add_argument("--max-latency", metavar="S", help="seconds per query: 30s, 500ms, 30")
     group.add_argument("--max-tflops", metavar="T", help="TFLOPs per query: 5000")
     group.add_argument("--budget-mode", choices=("expected", "worst"),
@@ -105,10 +105,24 @@ def amount(text: str, flag: str, prefix: str = "", suffix: str = "") -> float:
     except ValueError:
         value = float("nan")
     if not (0 <= value < float("inf")):
-        example = {"--max-usd": "$0.05", "--max-usd-total": "$5",
+        example = {"--max-usd": "'$0.05'", "--max-usd-total": "'$5'",
                    "--max-tflops": "5000"}.get(flag, "30")
-        raise UsageError(f"{flag} expects a non-negative number like {example}, got '{text}'")
+        hint = ""
+        if prefix == "$" and _shell_ate_a_dollar(text):
+            hint = (f" (the shell may have eaten a '$': unquoted, $0 becomes the shell's "
+                    f"name and $1-$9 nothing; quote the amount, {flag} {example}, or leave "
+                    "the '$' out)")
+        raise UsageError(f"{flag} expects a non-negative number like {example}, got "
+                         f"'{text}'{hint}")
     return value
+
+
+def _shell_ate_a_dollar(text: str) -> bool:
+    """Whether an amount looks like what a shell leaves of ``$0.05`` or ``$5``: nothing, or
+    a word (the shell's or script's name) where the digits after the ``$`` were."""
+    raw = text.strip()
+    return raw == "" or (not raw[:1].isdigit() and raw[:1] not in "$.+-" or
+                         raw.startswith("-") and not raw[1:2].isdigit())
 
 
 def duration(text: str) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -60,13 +61,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str):
+        found = _INVALID_CHOICE.search(message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from moac import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="moac", description="moac, the Mixture-of-Agents compiler: check, compile and "
                                  "draw .moa pipelines.")
     parser.add_argument("--version", action="version", version=f"moac {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND",
+                                     parser_class=_Parser)
 
     check = commands.add_parser("check", help="report every problem in .moa files")
     check.add_argument("files", nargs="+", metavar="FILE")

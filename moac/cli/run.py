@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+from moac.text import dollars
 from moac.cli.common import (
     EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UsageError, add_budget_flags, add_cache_flags, amount,
     budget_override, cache_report, emit, existing_path, open_cache, pruned_to_budget,
@@ -155,11 +156,39 @@ def _run_failed(error: Exception) -> int:
     return EXIT_PROBLEMS
 
 
+class _Progress:
+    """While the proposers work, nothing reaches stdout: on a terminal, one status line on
+    stderr (the stage, its calls done, what was spent, the time), redrawn in place and
+    wiped when the answer starts to stream. Not on a pipe or a file: those get only the
+    summary line."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.shown = False
+
+    def __call__(self, p) -> None:
+        if not self.live:
+            return
+        self.stream.write(f"\r\x1b[Kmoac: {p.stage} ({p.stage_number}/{p.stages}) · "
+                          f"{p.done}/{p.calls} call{'s' if p.calls != 1 else ''} done · "
+                          f"{dollars(p.cost_usd)} · {p.elapsed_s:.1f}s")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
 class _Stdout:
     """Streams the answer to stdout; a reader that leaves (a closed pipe) stops the
     streaming, not the run. After a restart, the answer starts again on a fresh line."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: _Progress | None = None) -> None:
+        self.progress = progress
         self.broken = False
         self.column = 0  # characters since the last newline
         try:
@@ -170,6 +199,9 @@ class _Stdout:
     def write(self, text: str) -> None:
         if self.broken or not text:
             return
+        if self.progress is not None:
+            self.progress.clear()
+            self.progress.live = False  # the answer has the terminal now
         try:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -191,15 +223,18 @@ class _Stdout:
 
 async def _run_prompt(runner, prompt: str, out: str | None) -> int:
     from moac.run import PromptItem, summary_line
-    stdout = _Stdout()
+    progress = _Progress()
+    stdout = _Stdout(progress)
     try:
         async with runner:
-            result = await runner.run(prompt, on_delta=stdout.write, on_restart=stdout.restart)
+            result = await runner.run(prompt, on_delta=stdout.write, on_restart=stdout.restart,
+                                      on_progress=progress)
             if out:
                 item = PromptItem("0", (prompt,), "prompt", {"prompt": prompt})
                 with open(out, "ab") as handle:
                     handle.write(runner.answer_line(item, result.status, [result]))
     finally:  # the answer ends its line, even when interrupted
+        progress.clear()
         if stdout.column:
             stdout.write("\n")
     for decision in result.decisions:
@@ -215,7 +250,6 @@ async def _run_prompts(runner, items, out: str, concurrency: int) -> int:
     import time
 
     from moac.run import stderr_progress
-    from moac.text import dollars
     start = time.monotonic()
     async with runner:
         state = await runner.run_batch(items, out, concurrency=concurrency,
@@ -230,9 +264,23 @@ async def _run_prompts(runner, items, out: str, concurrency: int) -> int:
     if state.stopped:
         print(f"moac: stopped: {state.stopped}; {state.not_run} not run (run again to "
               "resume)", file=sys.stderr)
-    print(f"moac: {state.ok} answered, {state.failed} failed · ${state.cost_usd:.4f} · "
+    print(f"moac: {state.ok} answered, {state.failed} failed · {dollars(state.cost_usd)} · "
           f"{time.monotonic() - start:.1f}s · answers in {out}", file=sys.stderr)
+    _print_errors(state.errors)
     return EXIT_OK if state.failed == 0 and state.not_run == 0 else EXIT_PROBLEMS
+
+
+def _print_errors(errors, shown: int = 10) -> None:
+    """Each distinct error of a batch once, with the number of items it failed."""
+    if not errors:
+        return
+    print("moac: the failures, by cause:", file=sys.stderr)
+    common = errors.most_common()
+    for error, count in common[:shown]:
+        print(f"moac:   {count:>5} × {error}", file=sys.stderr)
+    if len(common) > shown:
+        print(f"moac:   ... and {len(common) - shown} other errors (all in the answers file)",
+              file=sys.stderr)
 
 
 def cmd_eval(args) -> int:

@@ -25,6 +25,12 @@ MIN_ATTEMPT_S = 1.0
 COOLDOWN_AFTER_FAILURES = 3
 COOLDOWN_S = 5.0
 
+# --- a key the provider refuses ------------------------------------------------------------
+# After this many 401s in a row on a provider (403s on one of its models), with no answer
+# between them, the key is wrong (or lacks access): no more requests are sent to it in this
+# run, and every call says why at once, rather than a batch spending itself on refusals.
+AUTH_REFUSALS_TO_STOP = 3
+
 # --- HTTP -----------------------------------------------------------------------------
 # aiohttp's default total connection cap; raised when the providers' caps add up to more.
 DEFAULT_CONNECTION_LIMIT = 100

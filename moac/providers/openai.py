@@ -45,11 +45,11 @@ from moac.constants import (
 )
 from moac.ir.prompts import messages_max_tokens, messages_tokens, text_max_tokens
 from moac.providers.constants import (
-    DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, MAX_REPORTED_TOKENS,
+    AUTH_REFUSALS_TO_STOP, DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, MAX_REPORTED_TOKENS,
     RESPONSE_BYTES_BASE, RESPONSE_BYTES_PER_TOKEN, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
 )
 from moac.providers.errors import (
-    ConnectionFailed, DeadlineExceeded, MalformedResponse, MissingApiKey, ProviderError,
+    AuthError, ConnectionFailed, DeadlineExceeded, MalformedResponse, MissingApiKey, ProviderError,
     ProviderTimeout, RateLimited, ServerError,
 )
 from moac.providers.limits import ProviderLimiter
@@ -202,6 +202,8 @@ class OpenAICompatibleClient:
             base["Authorization"] = f"Bearer {api_key.get_secret_value()}"
         self._headers = {True: {**base, "Accept": "text/event-stream"},
                          False: {**base, "Accept": "application/json"}}
+        # 401s in a row on this provider, 403s in a row per model (see AUTH_REFUSALS_TO_STOP)
+        self._refused: dict[str | None, tuple[int, str]] = {}
 
     def __repr__(self) -> str:  # never the headers
         return f"OpenAICompatibleClient(provider={self.provider.name!r}, url={self._url!r})"
@@ -214,6 +216,9 @@ class OpenAICompatibleClient:
         policy = self.policy if request.min_attempt_s is None else replace(
             self.policy, min_attempt_s=request.min_attempt_s)
         where = Where(self.provider.name, request.model, self._secrets)
+        stopped = self._key_refused(request.model, where)
+        if stopped is not None:
+            raise stopped
         body = request.body()
         attempts: list[Attempt] = []
         number = 0
@@ -232,8 +237,14 @@ class OpenAICompatibleClient:
                     outcome = late
             if isinstance(outcome, CallResult):
                 self.limiter.record(True)
+                self._refused.pop(None, None)
+                self._refused.pop(request.model, None)
                 return outcome
             error = outcome
+            if isinstance(error, AuthError) and error.status in (401, 403):
+                scope = None if error.status == 401 else request.model
+                count, _ = self._refused.get(scope, (0, ""))
+                self._refused[scope] = (count + 1, error.message)
             if not isinstance(error, DeadlineExceeded):  # that one says nothing of the provider
                 self.limiter.record(False, overload=isinstance(
                     error, (RateLimited, ServerError, ProviderTimeout)))
@@ -243,6 +254,24 @@ class OpenAICompatibleClient:
                 error.attempts, error.gave_up = tuple(attempts), decision.reason
                 raise error
             await self._sleep(decision.delay_s)
+
+    def _key_refused(self, model: str, where: Where) -> AuthError | None:
+        """The error for a call not sent because the provider refused the key on its last
+        :data:`AUTH_REFUSALS_TO_STOP` calls (401s, or 403s for this model), or None."""
+        for scope, status in ((None, 401), (model, 403)):
+            count, message = self._refused.get(scope, (0, ""))
+            if count >= AUTH_REFUSALS_TO_STOP:
+                variable = self.provider.api_key_env
+                whose = f"the key in {variable}" if variable else "its key (none is set)"
+                what = "" if scope is None else f" for model {model}"
+                error = AuthError(
+                    f"not sent: provider {self.provider.name!r} refused {whose}{what} "
+                    f"{AUTH_REFUSALS_TO_STOP} times in a row (HTTP {status}: {message}); the "
+                    "key is wrong or lacks access, so nothing more goes to it in this run",
+                    status=status, **where.fields())
+                error.gave_up = "the provider refused the key"
+                return error
+        return None
 
     def _too_late(self, deadline: float | None, policy: RetryPolicy, where: Where,
                   number: int) -> DeadlineExceeded | None:

@@ -65,7 +65,9 @@ from moac.ir.prompts import (
 from moac.providers.openai import Attempt, CallResult, ChatRequest
 from moac.ir.spec import BudgetSpec, ModelSpec
 from moac.run.ledger import BudgetLedger, BudgetRefused  # noqa: F401 (part of the executor API)
-from moac.run.outcomes import CallOutcome, QueryFailed, QueryResult  # noqa: F401 (likewise)
+from moac.run.outcomes import (  # noqa: F401 (part of the executor API)
+    CallOutcome, QueryFailed, QueryProgress, QueryResult,
+)
 from moac.traces.trace import CallRecord, QueryRecord, SkippedNode, TraceWriter
 from moac.run.agent_call import (  # noqa: F401 (retry_sleep and BudgetStop: part of the API)
     AgentCall, BudgetStop, Node, attempt_cost, retry_sleep,
@@ -198,13 +200,14 @@ class Executor:
     async def run(self, prompt: str | Messages, *, query_id: str = "q0",
                   on_delta: Callable[[str], None] | None = None,
                   on_restart: Callable[[str, str], None] | None = None,
-                  admission: str = "fail") -> QueryResult:
+                  admission: str = "fail",
+                  on_progress: Callable[[QueryProgress], None] | None = None) -> QueryResult:
         """Answer ``prompt`` (a string, or a conversation ending with the user's turn).
         With a run ledger, the query starts only if the run can hold its worst case
         (:meth:`worst_case_usd`); if not, it fails at once (``admission="fail"``) or
         :class:`BudgetRefused` is raised (``"raise"``, for a batch that waits and retries)."""
         history = as_history(prompt)
-        query = _Query(self, query_id, history, on_delta, on_restart)
+        query = _Query(self, query_id, history, on_delta, on_restart, on_progress)
         too_small = query.budget_too_small()
         if too_small is not None:
             return query.finish(None, None, failure=too_small)
@@ -243,12 +246,13 @@ class _Query:
     """One query: its deadline, ledger, calls in flight and trace lines."""
 
     def __init__(self, executor: Executor, query_id: str, history: list[dict],
-                 on_delta, on_restart):
+                 on_delta, on_restart, on_progress=None):
         self.x = executor
         self.query_id = query_id
         self.history = history
         self.on_delta = on_delta
         self.on_restart = on_restart
+        self.on_progress = on_progress
         self.start = executor.clock()
         self.started_at = executor.wall_clock()
         budget = executor.budget
@@ -320,6 +324,7 @@ class _Query:
         answer = answered_by = None
         if failure is None:
             final = self.x.stages[-1].nodes
+            self.progress(self.x.stages[-1], 0, 1)
             for node in final:
                 if self.expired:
                     self.skip(node, f"deadline: the query's {self.limit_s:g}s ran out")
@@ -381,13 +386,21 @@ class _Query:
         found = (self.outcomes.get(n) for n in layer.nodes)
         return [o.text or "" for o in found if o is not None and o.ok]
 
+    def progress(self, layer: LayerInfo, done: int, calls: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(QueryProgress(
+                layer.name, layer.index + 1, len(self.x.stages), done, calls,
+                self.ledger.spent_usd, self.x.clock() - self.start))
+
     async def stage(self, layer: LayerInfo) -> list[CallOutcome]:
         tasks = [self.start_task(node) for node in layer.nodes]
         ok = left_out = 0
         pending = set(tasks)
+        self.progress(layer, 0, len(tasks))
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                self.progress(layer, len(tasks) - len(pending), len(tasks))
                 results = [task.result() for task in done]
                 ok += sum(1 for o in results if o.ok)
                 left_out += sum(1 for o in results if o.left_out)

@@ -34,6 +34,19 @@ class CallOutcome:
         return self.status == "ok"
 
 
+@dataclass(frozen=True)
+class QueryProgress:
+    """Where a query stands, for a progress line: its stage (1-based of ``stages``), the
+    calls of that stage finished of those started, what it spent so far."""
+    stage: str
+    stage_number: int
+    stages: int
+    done: int
+    calls: int
+    cost_usd: float
+    elapsed_s: float
+
+
 class QueryFailed(Exception):
     """Raised by :meth:`QueryResult.raise_for_status`: every error of a failed query."""
 

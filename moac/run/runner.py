@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,7 +46,7 @@ from moac.run.batch_files import (  # noqa: F401 (re-exported: part of moac.run'
 )
 from moac.constants import DEFAULT_RUN_CONCURRENCY
 from moac.run.executor import (
-    BudgetLedger, BudgetRefused, ChatClient, Executor, QueryResult, retry_sleep,
+    BudgetLedger, BudgetRefused, ChatClient, Executor, QueryProgress, QueryResult, retry_sleep,
 )
 from moac.ir import Plan, RoutePlan
 from moac.providers.errors import MissingApiKey, ProviderError
@@ -129,6 +131,9 @@ class BatchProgress:
     started: float = field(default_factory=time.monotonic)
     not_run: int = 0
     stopped: str | None = None  # why the batch stopped early (the run's budget)
+    # Each distinct error of the failed items (its call's id taken off), with the number
+    # of items it failed: what a batch's summary names.
+    errors: Counter = field(default_factory=Counter)
     recovered: int = 0  # calls answered from the journal of an interrupted run
     recovered_usd: float = 0.0  # ...and what they had cost
 
@@ -227,14 +232,21 @@ class Runner:
                         run_ledger=self.run_ledger)
 
     async def __aexit__(self, *exc) -> None:
-        if self.local_servers is not None:
-            await self.local_servers.aclose()  # stops llama.cpp, also on Ctrl-C
-            self.local_servers = None
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
-        if self.trace is not None:
-            self.trace.close()
+        # Each step in a finally of the one before: a second Ctrl-C (a cancel arriving
+        # while llama.cpp stops) must still close the session and the trace, or aiohttp
+        # prints "Unclosed client session" on the way out.
+        try:
+            if self.local_servers is not None:
+                servers, self.local_servers = self.local_servers, None
+                await servers.aclose()  # stops llama.cpp, also on Ctrl-C
+        finally:
+            try:
+                if self.session is not None:
+                    session, self.session = self.session, None
+                    await session.close()
+            finally:
+                if self.trace is not None:
+                    self.trace.close()
 
     def header(self) -> RunHeader:
         from moac import __version__
@@ -254,10 +266,13 @@ class Runner:
 
     async def run(self, prompt, *, query_id: str = "q0",
                   on_delta: Callable[[str], None] | None = None,
-                  on_restart: Callable[[str, str], None] | None = None) -> QueryResult:
-        """Answer one prompt (a string, or a conversation ending with the user's turn)."""
+                  on_restart: Callable[[str, str], None] | None = None,
+                  on_progress: Callable[[QueryProgress], None] | None = None) -> QueryResult:
+        """Answer one prompt (a string, or a conversation ending with the user's turn).
+        ``on_progress`` hears where the query stands as each stage starts and each of its
+        calls ends."""
         return await self.executor.run(prompt, query_id=query_id, on_delta=on_delta,
-                                       on_restart=on_restart)
+                                       on_restart=on_restart, on_progress=on_progress)
 
     def stream(self, prompt, *, query_id: str = "q0") -> AnswerStream:
         """Answer one prompt as an async iterator of :class:`Delta`/:class:`Restart`."""
@@ -386,6 +401,11 @@ class Runner:
                 state.done += 1
                 state.ok += status == "ok"
                 state.failed += status != "ok"
+                if status != "ok":
+                    # A failed query's first error says what failed ("the aggregator
+                    # failed"); the ones after it say why: those are the causes.
+                    state.errors.update({distinct_error(e) for r in results
+                                         for e in (r.errors[1:] or r.errors)})
                 state.cost_usd += sum(r.cost_usd for r in results)
                 state.cached_usd += sum(r.cached_usd for r in results)
                 if progress is not None:
@@ -471,6 +491,15 @@ async def run_plan(plan: Plan | RoutePlan, prompts, *, concurrency: int = DEFAUL
 
 
 # --- command-line helpers ---------------------------------------------------------------------
+
+
+_CALL_ID = re.compile(r"^(?:[\w-]+\.)+[\w-]+: ")
+
+
+def distinct_error(error: str) -> str:
+    """An error as a batch counts it: without the id of the call it came from, so that one
+    cause (a wrong key, a dead model) is one line however many calls it failed."""
+    return _CALL_ID.sub("", error, count=1)
 
 
 def journal_path(out_path: str) -> str:
