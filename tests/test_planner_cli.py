@@ -88,7 +88,7 @@ def test_nothing_fits_is_a_clear_error(capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--max-usd", "abc"], "--max-usd expects a non-negative number like $0.05, got 'abc'"),
+    (["--max-usd", "abc"], "--max-usd expects a non-negative number like '$0.05', got 'abc'"),
     (["--max-usd", "-1"], "--max-usd expects"),
     (["--max-latency", "3x"], "--max-latency expects a duration like 30s"),
     (["--max-latency", "nan"], "--max-latency expects"),
