@@ -47,23 +47,77 @@ def test_rpm_pacing_allows_a_burst_then_spaces_starts():
     assert sleeps == [1.0, 1.0, 1.0]
 
 
-def test_pacing_reservations_space_concurrent_waiters():
+def test_concurrent_waiters_start_spaced_one_at_a_time():
     async def main():
         t = FakeTime()
-        sleeps = []
-
-        async def frozen_sleep(seconds):  # all four reserve while the clock stands still
-            sleeps.append(seconds)
-            await asyncio.sleep(0)
-        limiter = ProviderLimiter("p", parallel=10, rpm=120, clock=t.clock, sleep=frozen_sleep)
-        limiter._tolerance = 0.0  # no burst: every start half a second apart
+        limiter = ProviderLimiter("p", parallel=10, rpm=120, clock=t.clock, sleep=t.sleep)
+        limiter.pacer.requests.burst = 1.0  # no burst: every start half a second apart
+        starts = []
 
         async def one():
-            async with limiter.slot():
-                pass
+            async with limiter.slot() as waited:  # the seconds it waited for its turn
+                starts.append(100.0 + waited)
         await asyncio.gather(*(one() for _ in range(4)))
-        return sorted(sleeps)
-    assert asyncio.run(main()) == [0.5, 1.0, 1.5]
+        return sorted(starts)
+    assert asyncio.run(main()) == [100.0, 100.5, 101.0, 101.5]
+
+
+def test_the_best_waiter_goes_first_when_a_slot_frees():
+    """Later stages (lower priority values) and older queries first, whatever the order of
+    arrival; ties in arrival order."""
+    async def main():
+        limiter = ProviderLimiter("p", parallel=1)
+        order = []
+        gate = asyncio.Event()
+
+        async def holder():
+            async with limiter.slot():
+                await gate.wait()
+
+        async def one(name, priority):
+            async with limiter.slot(priority=priority):
+                order.append(name)
+        first = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        tasks = [asyncio.create_task(one(n, p)) for n, p in
+                 [("new proposer", (-1, 5.0)), ("aggregator", (-2, 3.0)),
+                  ("old proposer", (-1, 1.0)), ("old proposer 2", (-1, 1.0))]]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, *tasks)
+        return order
+    assert asyncio.run(main()) == ["aggregator", "old proposer", "old proposer 2",
+                                   "new proposer"]
+
+
+def test_a_cooling_model_does_not_hold_up_the_providers_other_models():
+    async def main():
+        t = FakeTime()
+        limiter = ProviderLimiter("p", parallel=4, clock=t.clock, sleep=t.sleep,
+                                  cooldown_after=3, cooldown_s=5.0)
+        for _ in range(3):
+            limiter.record(False, overload=True, model="bad")
+        async with limiter.slot(model="good"):
+            good_at = t.now
+        async with limiter.slot(model="bad"):
+            bad_at = t.now
+        return good_at, bad_at
+    assert asyncio.run(main()) == (100.0, 105.0)
+
+
+def test_a_429_pauses_the_key_and_is_not_a_models_failure():
+    async def main():
+        t = FakeTime()
+        limiter = ProviderLimiter("p", parallel=4, clock=t.clock, sleep=t.sleep,
+                                  cooldown_after=1, cooldown_s=50.0)
+        limiter.rate_limited(2.0)
+        async with limiter.slot(model="m"):
+            first = t.now
+        async with limiter.slot(model="m"):  # no cool-down came of it
+            second = t.now
+        return first, second, limiter.cooling("m")
+    first, second, cooling = asyncio.run(main())
+    assert first == 102.0 and second - first < 5 and cooling == 0
 
 
 def test_pacing_past_the_deadline_raises_and_holds_nothing():
@@ -75,7 +129,7 @@ def test_pacing_past_the_deadline_raises_and_holds_nothing():
         with pytest.raises(DeadlineExceeded):
             async with limiter.slot(deadline=t.now + 30):  # next start in 60 s
                 pass
-        assert limiter.in_use == 0 and limiter._semaphore._value == 1
+        assert limiter.in_use == 0 and not limiter._waiting
     asyncio.run(main())
 
 

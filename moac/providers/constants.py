@@ -15,15 +15,36 @@ JITTER_MIN = 0.75
 # A server-sent Retry-After (or retry-after-ms) is obeyed when 0 < v <= this; a longer or
 # nonsensical one falls back to the backoff (openai-python's rule).
 MAX_RETRY_AFTER_S = 120.0
+# A 429's retry waits its Retry-After times a factor drawn from [1, 1 + this]: retries of
+# calls refused together do not return together.
+RATE_LIMIT_JITTER = 0.2
 # An attempt is not started with less time than this left before the query's deadline:
 # connecting and a first token take about this long on a hosted endpoint.
 MIN_ATTEMPT_S = 1.0
 
-# --- cooling down a provider after a burst of failures (LiteLLM: 5 s) ---------------------
-# This many 429/5xx/timeouts in a row, with no success between them, pause new attempts on
-# that provider. Never on a single first failure.
+# --- cooling down a failing model (LiteLLM's router: 5 s) ---------------------------------
+# This many 5xx/timeouts/dropped connections in a row of one model, with no answer between
+# them, pause new attempts on that model (only: its provider's other models go on). Never
+# on a single first failure, and never for a 429: that is pacing, not failure.
 COOLDOWN_AFTER_FAILURES = 3
 COOLDOWN_S = 5.0
+
+# --- pacing at the provider's rate limit (moac/providers/pacing.py) -------------------------
+# A burst of about this many seconds of the rate may start at once: providers enforce
+# per-minute limits in per-second slices, and spending a limit smoothly is what they allow.
+BURST_S = 1.0
+# A 429 without Retry-After pauses the key's starts this long.
+DEFAULT_PAUSE_S = 1.0
+# No rate ever goes below this (one request a minute): a stuck pacer would be a hang.
+MIN_REQUESTS_PER_S = 1 / 60
+# Below this share of a limit remaining, the rate is scaled down in proportion: several
+# processes sharing one key then settle at about limit / n each instead of exhausting it.
+SHARE_SLOWDOWN_BELOW = 0.5
+# AIMD, for providers that send no rate-limit headers: on a 429 the rate is halved; every
+# answer adds this many requests a second (1.2 rpm: a limit of 300 rpm found again within
+# about a hundred answers of a halving).
+AIMD_DECREASE = 0.5
+AIMD_INCREASE = 0.02
 
 # --- a key the provider refuses ------------------------------------------------------------
 # After this many 401s in a row on a provider (403s on one of its models), with no answer

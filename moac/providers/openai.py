@@ -53,6 +53,7 @@ from moac.providers.errors import (
     ProviderTimeout, RateLimited, ServerError,
 )
 from moac.providers.limits import ProviderLimiter
+from moac.providers.ratelimits import parse_rate_limits
 from moac.providers.parse import (
     StreamState, Where, http_error, parse_completion, too_large, too_long, unexpected_body,
 )
@@ -76,7 +77,8 @@ class ChatRequest:
     of an agent without a seed ask exactly the same thing): it is never sent, but a response
     cache keys on it, so that replayed copies do not collapse into one answer. ``scope`` is
     the query the request belongs to (never sent): a batch's journal keys on it, so that a
-    resumed query takes back its own answers and no other's."""
+    resumed query takes back its own answers and no other's. ``priority`` orders it among
+    requests waiting for the provider (lower first; see :mod:`moac.providers.limits`)."""
 
     model: str
     messages: Sequence[Mapping[str, Any]]
@@ -86,6 +88,7 @@ class ChatRequest:
     min_attempt_s: float | None = None
     occurrence: int = 0
     scope: str = ""
+    priority: tuple = ()
 
     @property
     def answer_limit(self) -> int:
@@ -139,6 +142,7 @@ class Attempt:
     http_status: int | None = None
     cached: bool = False
     overrun: str | None = None  # reported usage past the request's bounds (see _count_tokens)
+    queued_s: float = 0.0  # waited for a slot, the key's pacer or a model's cool-down
 
     @property
     def duration_s(self) -> float:
@@ -220,23 +224,32 @@ class OpenAICompatibleClient:
         if stopped is not None:
             raise stopped
         body = request.body()
+        # What the key's tokens-per-minute limit counts this request as (providers count
+        # max_tokens when it starts); corrected with the usage it reports.
+        paced_tokens = request.estimated_prompt_tokens() + request.answer_limit
         attempts: list[Attempt] = []
         number = 0
+        refused = False  # the last attempt got a 429 (and its retry waited it out)
         while True:
             number += 1
             outcome: CallResult | ProviderError | None = self._too_late(deadline, policy, where, number)
             if outcome is None:
                 try:
-                    async with self.limiter.slot(deadline):
+                    async with self.limiter.slot(deadline, model=request.model,
+                                                 priority=request.priority, tokens=paced_tokens,
+                                                 after_429=refused) as waited:
                         # Pacing or a cool-down may have used up the time.
                         outcome = self._too_late(deadline, policy, where, number) or \
                             await self._attempt(request, body, where, number, deadline,
-                                                on_delta, on_attempt, attempts)
+                                                on_delta, on_attempt, attempts, waited)
                 except DeadlineExceeded as late:  # from the limiter: no attempt was made
                     late.model = request.model
                     outcome = late
+            if attempts and attempts[-1].number == number:
+                used = attempts[-1].prompt_tokens + attempts[-1].completion_tokens
+                self.limiter.pacer.settle(paced_tokens, used)
             if isinstance(outcome, CallResult):
-                self.limiter.record(True)
+                self.limiter.record(True, model=request.model)
                 self._refused.pop(None, None)
                 self._refused.pop(request.model, None)
                 return outcome
@@ -245,9 +258,13 @@ class OpenAICompatibleClient:
                 scope = None if error.status == 401 else request.model
                 count, _ = self._refused.get(scope, (0, ""))
                 self._refused[scope] = (count + 1, error.message)
-            if not isinstance(error, DeadlineExceeded):  # that one says nothing of the provider
-                self.limiter.record(False, overload=isinstance(
-                    error, (RateLimited, ServerError, ProviderTimeout)))
+            refused = isinstance(error, RateLimited)
+            if refused:
+                # Pacing, not failure: the key's pacer pauses for what the server asked.
+                self.limiter.rate_limited(error.retry_after)
+            elif not isinstance(error, DeadlineExceeded):  # that says nothing of the model
+                self.limiter.record(False, model=request.model, overload=isinstance(
+                    error, (ServerError, ProviderTimeout, ConnectionFailed)))
             decision = decide(policy, number, error, now=self._clock(), deadline=deadline,
                               random=self._random)
             if not decision.retry:
@@ -283,11 +300,11 @@ class OpenAICompatibleClient:
 
     async def _attempt(self, request: ChatRequest, body: bytes, where: Where, number: int,
                        deadline: float | None, on_delta, on_attempt,
-                       attempts: list[Attempt]) -> CallResult | ProviderError:
+                       attempts: list[Attempt], waited: float = 0.0) -> CallResult | ProviderError:
         """One HTTP attempt. Returns the result or the error (never raises one, so no
         aiohttp exception, which may carry request headers, rides along as a context)."""
         start = self._clock()
-        record = Attempt(number, start, self._wall())
+        record = Attempt(number, start, self._wall(), queued_s=waited)
         left = None if deadline is None else deadline - start
         timeout = attempt_timeout(self.provider, stream=request.stream, left=left)
         response: aiohttp.ClientResponse | None = None
@@ -297,6 +314,8 @@ class OpenAICompatibleClient:
             response = await self._session.post(self._url, data=body, timeout=timeout,
                                                 headers=self._headers[request.stream])
             record.http_status = response.status
+            self.limiter.pacer.observe(parse_rate_limits(response.headers,
+                                                         now_wall=self._wall()))
             limit = response_limit(request.answer_limit)
             if not 200 <= response.status < 300:
                 raw = await _read_some(response, MAX_ERROR_BODY_READ_BYTES)

@@ -11,12 +11,15 @@ Rules (see ``shared/guides/executor-reliability.md``), in the order they are app
 3. Otherwise the error's own ``retryable`` decides: connection errors, timeouts, disconnects,
    payload errors and malformed 200s, 408, 409, 429 and >= 500 retry; 400, 401, 403, 404,
    422, other 4xx, context-length errors and content filters do not.
-4. At most ``max_retries`` retries (``max_retries + 1`` attempts).
-5. A Retry-After the server sent that is longer than the time left is final: waiting it out
+4. A 429 is retried whatever the attempt count (its Retry-After jittered up by at most
+   ``RATE_LIMIT_JITTER``), for as long as the deadline allows: a rate limit costs time,
+   never the answer.
+5. Otherwise at most ``max_retries`` retries (``max_retries + 1`` attempts).
+6. A Retry-After the server sent that is longer than the time left is final: waiting it out
    would miss the deadline, and trying sooner would only be refused again.
-6. The delay is the server's Retry-After when ``0 < v <= 120`` s, else
+7. The delay is the server's Retry-After when ``0 < v <= 120`` s, else
    ``min(0.5 * 2**n, 8) * uniform(0.75, 1.0)`` for the n-th retry (n from 0).
-7. A retry is not scheduled if, after the delay, less than ``min_attempt_s`` would be left.
+8. A retry is not scheduled if, after the delay, less than ``min_attempt_s`` would be left.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from typing import Callable, Mapping
 from moac.constants import DEFAULT_MAX_RETRIES
 from moac.providers.constants import (
     INITIAL_RETRY_DELAY_S, JITTER_MIN, MAX_RETRY_AFTER_S, MAX_RETRY_DELAY_S, MIN_ATTEMPT_S,
+    RATE_LIMIT_JITTER,
 )
-from moac.providers.errors import DeadlineExceeded, MissingApiKey, ProviderError
+from moac.providers.errors import DeadlineExceeded, MissingApiKey, ProviderError, RateLimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,10 @@ def decide(policy: RetryPolicy, attempt: int, error: BaseException, *, now: floa
         why = f"{error.kind} is {'retryable' if retryable else 'not retryable'}"
     if not retryable:
         return Decision(False, 0.0, why)
-    if attempt > policy.max_retries:
+    # A 429 costs time, never the answer: it is retried whatever the attempt count, until
+    # the deadline cannot be met (the key's pacer paused every start meanwhile).
+    limited = isinstance(error, RateLimited)
+    if attempt > policy.max_retries and not limited:
         return Decision(False, 0.0, f"gave up after {attempt} attempts")
     left = math.inf if deadline is None else deadline - now
     server_wait = error.retry_after
@@ -88,6 +95,8 @@ def decide(policy: RetryPolicy, attempt: int, error: BaseException, *, now: floa
                                     f"only {max(left, 0.0):.3g}s left before the deadline")
     if server_wait is not None and 0 < server_wait <= policy.max_retry_after_s:
         delay, source = server_wait, "retry-after"
+        if limited:  # calls refused together must not come back together
+            delay *= 1.0 + RATE_LIMIT_JITTER * random()
     else:
         delay, source = backoff(policy, attempt - 1, random), "backoff"
     if left - delay < policy.min_attempt_s:

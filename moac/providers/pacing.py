@@ -1,0 +1,203 @@
+"""How fast to start requests on one provider key: learned from its rate-limit headers, else
+found by AIMD on its 429s; shared by every client of that key in the process.
+
+Contract of :class:`Pacer`:
+
+- **When.** :meth:`Pacer.delay` says how long until a start of ``tokens`` is allowed;
+  :meth:`Pacer.take` books it. Both are pure arithmetic on the injected clock's ``now``:
+  the waiting (and the order of waiters) is the limiter's (:mod:`moac.providers.limits`).
+  Requests and tokens are each paced by a GCRA (a virtual scheduling of starts at the rate,
+  a burst of about :data:`BURST_S` of it allowed at once): the rate is spent smoothly, not
+  in bursts the provider's per-second slices would refuse.
+- **Learned from headers** (:meth:`Pacer.observe`, on every answer, 429s included): the
+  rate is the limit's refill rate (what was used over the time until it is whole again, or
+  the limit per minute), scaled down as the remaining share falls below half, so that
+  several processes sharing one key settle below its limit without talking to each other
+  (each at about limit / n, the remaining share at about 1 / 2n).
+- **Without headers**, AIMD: unpaced until the first 429; then half the rate starts were
+  made at, and an additive increase with every answer, up to the ceiling.
+- **A 429** (:meth:`Pacer.refused`) pauses every start for what ``Retry-After`` said (or
+  :data:`DEFAULT_PAUSE_S`); it is a pacing signal, never a model's failure.
+- **Ceilings.** A catalog's ``rpm``/``tpm`` are ceilings set on purpose (a key shared with
+  other programs): the rate never goes above them.
+- **Tokens** are booked with the request's estimate when it starts and corrected with the
+  usage it reports (:meth:`Pacer.settle`).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import math
+import threading
+from typing import Callable
+
+from moac.providers.constants import (
+    AIMD_DECREASE, AIMD_INCREASE, BURST_S, DEFAULT_PAUSE_S, MIN_REQUESTS_PER_S,
+    SHARE_SLOWDOWN_BELOW,
+)
+from moac.providers.ratelimits import Limit, RateLimits
+
+INF = math.inf
+
+
+class _Gcra:
+    """A virtual schedule of starts at ``rate`` per second with a burst of ``burst``."""
+
+    __slots__ = ("rate", "burst", "tat")
+
+    def __init__(self, rate: float | None = None, burst: float = 1.0) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tat = -INF
+
+    def delay(self, now: float, amount: float = 1.0) -> float:
+        if not self.rate:
+            return 0.0
+        tolerance = max(self.burst - 1.0, 0.0) / self.rate
+        return max(0.0, self.tat - tolerance - now)
+
+    def take(self, now: float, amount: float = 1.0) -> None:
+        if self.rate:
+            self.tat = max(self.tat, now) + amount / self.rate
+
+    def correct(self, amount: float) -> None:
+        """Book ``amount`` more (or less, when negative) for a start already taken."""
+        if self.rate and self.tat > -INF:
+            self.tat += amount / self.rate
+
+
+class Pacer:
+    """See the module docstring. ``rpm``/``tpm``: the catalog's ceilings (None: none);
+    ``burst``: requests allowed at once under the ceiling (default: a second's worth)."""
+
+    def __init__(self, name: str, *, rpm: float | None = None, tpm: float | None = None,
+                 burst: float | None = None, clock: Callable[[], float]) -> None:
+        self.name = name
+        self.clock = clock
+        self.ceiling_rps = rpm / 60 if rpm else None
+        self.ceiling_tps = tpm / 60 if tpm else None
+        self._ceiling_burst = burst
+        self.requests = _Gcra(self.ceiling_rps, self._burst(self.ceiling_rps, burst))
+        self.tokens = _Gcra(self.ceiling_tps, self._burst(self.ceiling_tps, None))
+        self.limits = RateLimits()  # the latest the provider reported
+        self.learned = False        # headers have been seen: rates come from them
+        self.paused_until = -INF
+        self.refusals = 0           # 429s seen
+        self.starts = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=256)
+
+    @staticmethod
+    def _burst(rate: float | None, given: float | None) -> float:
+        if given is not None:
+            return max(1.0, given)
+        return max(1.0, (rate or 0.0) * BURST_S)
+
+    # --- admission -------------------------------------------------------------------------
+
+    def delay(self, now: float, tokens: float = 0.0, *, paused: bool = True) -> float:
+        """Seconds until a start of ``tokens`` is allowed (0: now). ``paused`` false: the
+        retry of a refused request, which already waited out what the 429 asked."""
+        return max(self.paused_until - now if paused else 0.0, self.requests.delay(now),
+                   self.tokens.delay(now, tokens), 0.0)
+
+    def take(self, now: float, tokens: float = 0.0) -> None:
+        self.requests.take(now)
+        self.tokens.take(now, tokens)
+        self.starts += 1
+        self._recent.append(now)
+
+    def settle(self, estimated: float, actual: float) -> None:
+        """A start's tokens as the provider counted them, in place of the estimate."""
+        self.tokens.correct(actual - estimated)
+
+    # --- what the provider says ------------------------------------------------------------
+
+    def observe(self, limits: RateLimits) -> None:
+        if not limits.known:
+            return
+        self.learned = True
+        self.limits = limits
+        if limits.requests is not None:
+            self._learn(self.requests, limits.requests, self.ceiling_rps)
+        if limits.tokens is not None:
+            self._learn(self.tokens, limits.tokens, self.ceiling_tps)
+
+    def _learn(self, gcra: _Gcra, limit: Limit, ceiling: float | None) -> None:
+        refill = limit.refill_per_s()
+        base = refill if refill is not None else limit.limit / 60.0
+        if refill is not None and gcra.rate:
+            base = max(base, limit.limit / 3600.0)  # a stale, tiny sample is not the rate
+        share = min(1.0, max(limit.fraction / SHARE_SLOWDOWN_BELOW, 0.05))
+        rate = base * share
+        if ceiling is not None:
+            rate = min(rate, ceiling)
+        gcra.rate = max(rate, MIN_REQUESTS_PER_S if gcra is self.requests else 1.0)
+        gcra.burst = max(1.0, min(gcra.rate * BURST_S, limit.remaining or 1.0))
+
+    def refused(self, retry_after: float | None) -> None:
+        """A 429: pause every start for ``retry_after`` (or a default), and without headers
+        halve the rate (AIMD)."""
+        now = self.clock()
+        self.refusals += 1
+        self.paused_until = max(self.paused_until, now + (
+            retry_after if retry_after is not None and retry_after > 0 else DEFAULT_PAUSE_S))
+        if self.learned:
+            return
+        current = self.requests.rate or self._observed_rate(now)
+        if current is None:  # too few starts to tell a rate: the pause alone
+            return
+        rate = max(current * AIMD_DECREASE, MIN_REQUESTS_PER_S)
+        self.requests.rate = rate
+        self.requests.burst = max(1.0, rate * BURST_S)
+
+    def succeeded(self) -> None:
+        """An answer: without headers, an additive increase (up to the ceiling)."""
+        if self.learned or self.requests.rate is None:
+            return
+        rate = self.requests.rate + AIMD_INCREASE
+        if self.ceiling_rps is not None:
+            rate = min(rate, self.ceiling_rps)
+        self.requests.rate = rate
+        self.requests.burst = self._burst(rate, self._ceiling_burst
+                                          if rate == self.ceiling_rps else None)
+
+    def _observed_rate(self, now: float) -> float | None:
+        """Starts a second over the last two seconds (what a 429 answered); None with fewer
+        than two starts in them."""
+        window = [t for t in self._recent if now - t <= 2.0]
+        return len(window) / 2.0 if len(window) >= 2 else None
+
+    # --- for people ------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """One phrase for a progress line: where the key stands and the pace."""
+        parts = []
+        requests = self.limits.requests
+        if requests is not None:
+            parts.append(f"{requests.remaining:,.0f}/{requests.limit:,.0f} requests left")
+        if self.requests.rate:
+            parts.append(f"{self.requests.rate * 60:,.0f} rpm")
+        if self.refusals:
+            parts.append(f"{self.refusals} refused")
+        return f"{self.name}: " + ", ".join(parts) if parts else ""
+
+
+# --- one pacer per provider key in the process ------------------------------------------------
+
+_PACERS: dict[tuple[str, str], Pacer] = {}
+_LOCK = threading.Lock()
+
+
+def pacer_for(base_url: str | None, key: str | None, *, name: str, rpm: float | None = None,
+              tpm: float | None = None, burst: float | None = None,
+              clock: Callable[[], float]) -> Pacer:
+    """The pacer shared by every client of this endpoint and key in the process (keyed by
+    the URL and a hash of the key, which is never kept)."""
+    digest = hashlib.sha256((key or "").encode()).hexdigest()[:16]
+    identity = ((base_url or name).rstrip("/"), digest)
+    with _LOCK:
+        pacer = _PACERS.get(identity)
+        if pacer is None or pacer.clock is not clock:
+            pacer = _PACERS[identity] = Pacer(name, rpm=rpm, tpm=tpm, burst=burst, clock=clock)
+        return pacer
