@@ -175,6 +175,9 @@ class FakeOpenAI:
         # responders[model](messages) -> the answer's text (or None: the usual answer), for
         # answers that depend on what was asked (a scripted judge)
         self.responders: dict[str, Any] = {}
+        # A provider's rate limit (tests/fake_ratelimit.RateLimit), enforced on every
+        # request that would otherwise be answered 200.
+        self.rate_limit = None
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
 
@@ -278,12 +281,25 @@ class FakeOpenAI:
             behavior = record.behavior = self._behavior(number, model)
             if record.authorized is False:
                 behavior = replace(behavior, status=401, echo_auth=True, hang=False)
+            elif self.rate_limit is not None and behavior.status == 200 and ok_body:
+                behavior = self._rate_limited(behavior, body)
             response = await self._respond(request, body if ok_body else None, behavior, auth)
             record.status = response.status
             return response
         finally:
             self.in_flight -= 1
             record.ended = time.monotonic()
+
+    def _rate_limited(self, behavior: Behavior, body: dict) -> Behavior:
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        tokens = prompt_tokens(body["messages"]) + (limit if isinstance(limit, int) else 0)
+        wait, headers = self.rate_limit.admit(tokens)
+        behavior = replace(behavior, headers=behavior.headers + tuple(headers.items()))
+        if wait is not None:
+            behavior = replace(behavior, status=429, latency_s=0.0, error={"error": {
+                "message": "Rate limit reached for requests", "type": "requests",
+                "code": "rate_limit_exceeded"}})
+        return behavior
 
     async def _respond(self, request: web.Request, body: dict | None, b: Behavior,
                        auth: str) -> web.StreamResponse:
@@ -455,12 +471,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS)
+    parser.add_argument("--rpm", type=float, help="enforce a rate limit (see fake_ratelimit)")
+    parser.add_argument("--no-rate-headers", action="store_true")
     args = parser.parse_args(argv)
     behavior = Behavior(latency_s=args.latency_ms / 1000, token_delay_s=args.token_delay_ms / 1000,
                         tokens=args.tokens)
 
     async def serve() -> None:
         async with FakeOpenAI(default=behavior, host=args.host, port=args.port) as server:
+            if args.rpm:
+                from tests.fake_ratelimit import RateLimit
+                server.rate_limit = RateLimit(args.rpm, headers=not args.no_rate_headers)
             print(f"fake OpenAI server at {server.url}", flush=True)
             await asyncio.Event().wait()
 

@@ -17,7 +17,7 @@ from moac.ir.spec import BudgetSpec, ModelSpec, ProviderSpec
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-PROVIDER_KEYS = ("kind", "base_url", "api_key", "parallel", "rpm", "timeout",
+PROVIDER_KEYS = ("kind", "base_url", "api_key", "parallel", "rpm", "tpm", "timeout",
                  "connect_timeout", "read_timeout", "max_retries", "model_path")
 MODEL_KEYS = ("price", "params", "context", "speed", "quality", "length")
 BUDGET_KEYS = ("max_usd", "max_latency", "max_tflops", "mode")
@@ -76,8 +76,8 @@ def _read_provider(state: CheckState, reader: Reader, node: ast.Provider
             fields["parallel"] = reader.integer(value, key, minimum=1)
         elif key == "max_retries":
             fields["max_retries"] = reader.integer(value, key, minimum=0)
-        elif key == "rpm":
-            fields["rpm"] = reader.positive(value, "number", key)
+        elif key in ("rpm", "tpm"):
+            fields[key] = reader.positive(value, "number", key)
         elif key in ("timeout", "connect_timeout", "read_timeout"):
             fields[f"{key}_s"] = reader.positive(value, "duration", key)
     if kind == "openai" and "base_url" not in settings:

@@ -24,7 +24,8 @@ class ProviderSpec(Spec):
     base_url: str | None = None
     api_key_env: str | None = None
     parallel: int
-    rpm: float | None = None
+    rpm: float | None = None   # ceilings set on purpose (a key shared with other programs);
+    tpm: float | None = None   # without them moac paces at what the provider's headers allow
     timeout_s: float
     connect_timeout_s: float
     read_timeout_s: float

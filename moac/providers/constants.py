@@ -40,11 +40,27 @@ MIN_REQUESTS_PER_S = 1 / 60
 # Below this share of a limit remaining, the rate is scaled down in proportion: several
 # processes sharing one key then settle at about limit / n each instead of exhausting it.
 SHARE_SLOWDOWN_BELOW = 0.5
-# AIMD, for providers that send no rate-limit headers: on a 429 the rate is halved; every
-# answer adds this many requests a second (1.2 rpm: a limit of 300 rpm found again within
-# about a hundred answers of a halving).
+# Without headers, starts begin at this rate after the key's first answer and double every
+# second until a 429 (TCP's slow start: a limit of 6,000 rpm is reached in four seconds).
+SLOW_START_REQUESTS_PER_S = 8.0
+# Then AIMD: on a 429 the rate is halved; every answer adds this many requests a second, or
+# this share of the current rate when more (a fast limit is found again as soon).
 AIMD_DECREASE = 0.5
 AIMD_INCREASE = 0.02
+AIMD_INCREASE_SHARE = 0.01
+# A slow-down happens at most once this often (or once per Retry-After, when longer): the
+# 429s of requests already on their way say nothing new about the slower rate.
+SLOWDOWN_EVERY_S = 1.0
+# Before a key's first answer (whose headers may tell its limits), at most this many
+# requests start on it: a MoA layer goes at once, a batch does not storm an unknown limit.
+FIRST_STARTS_BEFORE_AN_ANSWER = 8
+# With headers, moac paces at this share of the limit they give (arrivals bunch on their way
+# to the provider); a 429 all the same (other programs on the key, a window the headers do
+# not describe) halves a factor on the learned rate, which answers grow back by
+# LEARNED_FACTOR_INCREASE a second's worth of them (from a half to whole in ten seconds).
+LEARNED_RATE_MARGIN = 0.95
+LEARNED_FACTOR_INCREASE = 0.05
+LEARNED_FACTOR_MIN = 0.05
 
 # --- a key the provider refuses ------------------------------------------------------------
 # After this many 401s in a row on a provider (403s on one of its models), with no answer

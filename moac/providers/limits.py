@@ -33,6 +33,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 from moac.providers.constants import COOLDOWN_AFTER_FAILURES, COOLDOWN_S
 from moac.providers.errors import DeadlineExceeded
 from moac.providers.pacing import Pacer
+from moac.providers.ratelimits import RateLimits
 
 INF = math.inf
 
@@ -146,6 +147,8 @@ class ProviderLimiter:
                 break
             best = min(ready)
             wait = self.pacer.delay(now, best.tokens, paused=best.paused)
+            if wait == INF:  # the key's first answer is awaited: observe() dispatches
+                break
             if best.deadline is not None and now + wait >= best.deadline:
                 self._fail(best, f"paced to start in {wait:.3g}s, after the deadline")
                 continue
@@ -194,9 +197,17 @@ class ProviderLimiter:
             failures = 0
         self._failures[model] = failures
 
-    def rate_limited(self, retry_after: float | None) -> None:
-        """A 429: the key's pacer pauses (and slows down, without headers)."""
-        self.pacer.refused(retry_after)
+    def rate_limited(self, retry_after: float | None, started: float | None = None) -> None:
+        """A 429 to an attempt ``started`` then: the key's pacer pauses and slows down."""
+        self.pacer.refused(retry_after, started)
+        self._dispatch()
+
+    def observe(self, limits: RateLimits) -> None:
+        """An answer's rate-limit headers (as soon as they arrive, before its body)."""
+        was_waiting = not self.pacer.answered
+        self.pacer.observe(limits)
+        if was_waiting:
+            self._dispatch()
 
     def cooling(self, model: str | None) -> float:
         """Seconds ``model`` still cools down for (0: it does not)."""

@@ -261,7 +261,8 @@ class OpenAICompatibleClient:
             refused = isinstance(error, RateLimited)
             if refused:
                 # Pacing, not failure: the key's pacer pauses for what the server asked.
-                self.limiter.rate_limited(error.retry_after)
+                self.limiter.rate_limited(error.retry_after,
+                                          attempts[-1].started if attempts else None)
             elif not isinstance(error, DeadlineExceeded):  # that says nothing of the model
                 self.limiter.record(False, model=request.model, overload=isinstance(
                     error, (ServerError, ProviderTimeout, ConnectionFailed)))
@@ -314,7 +315,7 @@ class OpenAICompatibleClient:
             response = await self._session.post(self._url, data=body, timeout=timeout,
                                                 headers=self._headers[request.stream])
             record.http_status = response.status
-            self.limiter.pacer.observe(parse_rate_limits(response.headers,
+            self.limiter.observe(parse_rate_limits(response.headers,
                                                          now_wall=self._wall()))
             limit = response_limit(request.answer_limit)
             if not 200 <= response.status < 300:

@@ -14,8 +14,14 @@ Contract of :class:`Pacer`:
   the limit per minute), scaled down as the remaining share falls below half, so that
   several processes sharing one key settle below its limit without talking to each other
   (each at about limit / n, the remaining share at about 1 / 2n).
-- **Without headers**, AIMD: unpaced until the first 429; then half the rate starts were
-  made at, and an additive increase with every answer, up to the ceiling.
+- **Without headers**, TCP's way: a slow start (:data:`SLOW_START_REQUESTS_PER_S`, doubled
+  every second while nothing is refused), then at the first 429 half the rate starts were
+  made at, and an additive increase with every answer (AIMD), up to the ceiling.
+- **With headers and 429s all the same** (other programs on the key, a window the headers do
+  not describe), a factor on the learned rate is halved by each 429 and grown back by each
+  answer: the learned rate is a ceiling, not a promise.
+- **Before the key's first answer** at most :data:`FIRST_STARTS_BEFORE_AN_ANSWER` start:
+  its headers may tell the limits before a batch storms them.
 - **A 429** (:meth:`Pacer.refused`) pauses every start for what ``Retry-After`` said (or
   :data:`DEFAULT_PAUSE_S`); it is a pacing signal, never a model's failure.
 - **Ceilings.** A catalog's ``rpm``/``tpm`` are ceilings set on purpose (a key shared with
@@ -33,7 +39,9 @@ import threading
 from typing import Callable
 
 from moac.providers.constants import (
-    AIMD_DECREASE, AIMD_INCREASE, BURST_S, DEFAULT_PAUSE_S, MIN_REQUESTS_PER_S,
+    AIMD_DECREASE, AIMD_INCREASE, AIMD_INCREASE_SHARE, BURST_S, DEFAULT_PAUSE_S,
+    FIRST_STARTS_BEFORE_AN_ANSWER,
+    LEARNED_FACTOR_INCREASE, SLOW_START_REQUESTS_PER_S, SLOWDOWN_EVERY_S, LEARNED_FACTOR_MIN, LEARNED_RATE_MARGIN, MIN_REQUESTS_PER_S,
     SHARE_SLOWDOWN_BELOW,
 )
 from moac.providers.ratelimits import Limit, RateLimits
@@ -69,11 +77,17 @@ class _Gcra:
 
 class Pacer:
     """See the module docstring. ``rpm``/``tpm``: the catalog's ceilings (None: none);
-    ``burst``: requests allowed at once under the ceiling (default: a second's worth)."""
+    ``burst``: requests allowed at once under the ceiling (default: a second's worth);
+    ``discover``: find an unknown limit carefully (see the module docstring)."""
 
     def __init__(self, name: str, *, rpm: float | None = None, tpm: float | None = None,
-                 burst: float | None = None, clock: Callable[[], float]) -> None:
+                 burst: float | None = None, clock: Callable[[], float],
+                 discover: bool = False) -> None:
         self.name = name
+        # Finding an unknown limit (pacer_for's pacers): a few starts before the first
+        # answer, and a slow start without headers. Off: unpaced until told otherwise.
+        self.discover = discover
+        self.first_starts = FIRST_STARTS_BEFORE_AN_ANSWER if discover else math.inf
         self.clock = clock
         self.ceiling_rps = rpm / 60 if rpm else None
         self.ceiling_tps = tpm / 60 if tpm else None
@@ -84,8 +98,26 @@ class Pacer:
         self.learned = False        # headers have been seen: rates come from them
         self.paused_until = -INF
         self.refusals = 0           # 429s seen
+        self.factor = 1.0           # on learned rates: halved by a 429, grown by answers
+        self.answered = False       # any answer (a 429 too) has come back from the key
+        self._slowed_at = -INF      # the latest slow-down for a 429
+        self._learned_at = -INF     # when headers first told the limits
+        self.slow_start = False     # no headers yet, no 429 yet: doubling every second
+        self._grew_at = -INF
         self.starts = 0
         self._recent: collections.deque[float] = collections.deque(maxlen=256)
+
+    def set_ceilings(self, rpm: float | None, tpm: float | None,
+                     burst: float | None = None) -> None:
+        """New ceilings (a later run of the process may declare others): rates above them
+        come down; learned or found rates below them stay."""
+        self.ceiling_rps = rpm / 60 if rpm else None
+        self.ceiling_tps = tpm / 60 if tpm else None
+        self._ceiling_burst = burst
+        for gcra, ceiling, given in ((self.requests, self.ceiling_rps, burst),
+                                     (self.tokens, self.ceiling_tps, None)):
+            if ceiling is not None and (gcra.rate is None or gcra.rate > ceiling):
+                gcra.rate, gcra.burst = ceiling, self._burst(ceiling, given)
 
     @staticmethod
     def _burst(rate: float | None, given: float | None) -> float:
@@ -98,6 +130,8 @@ class Pacer:
     def delay(self, now: float, tokens: float = 0.0, *, paused: bool = True) -> float:
         """Seconds until a start of ``tokens`` is allowed (0: now). ``paused`` false: the
         retry of a refused request, which already waited out what the 429 asked."""
+        if not self.answered and self.starts >= self.first_starts:
+            return INF  # until observe() or refused(): the limiter is told then
         return max(self.paused_until - now if paused else 0.0, self.requests.delay(now),
                    self.tokens.delay(now, tokens), 0.0)
 
@@ -114,8 +148,19 @@ class Pacer:
     # --- what the provider says ------------------------------------------------------------
 
     def observe(self, limits: RateLimits) -> None:
+        first_answer, self.answered = not self.answered, True
         if not limits.known:
+            if self.discover and first_answer and not self.learned and not self.refusals and \
+                    self.requests.rate is None:
+                # No headers: a slow start (TCP's) rather than every waiting call at once.
+                self.slow_start = True
+                self.requests.rate = self._capped(SLOW_START_REQUESTS_PER_S)
+                self.requests.burst = max(1.0, self.requests.rate * BURST_S)
+                self._grew_at = self.clock()
             return
+        if not self.learned:
+            self._learned_at = self.clock()
+            self.slow_start = False
         self.learned = True
         self.limits = limits
         if limits.requests is not None:
@@ -129,20 +174,44 @@ class Pacer:
         if refill is not None and gcra.rate:
             base = max(base, limit.limit / 3600.0)  # a stale, tiny sample is not the rate
         share = min(1.0, max(limit.fraction / SHARE_SLOWDOWN_BELOW, 0.05))
-        rate = base * share
+        rate = base * share * LEARNED_RATE_MARGIN * self.factor
         if ceiling is not None:
             rate = min(rate, ceiling)
+        first = not gcra.rate
         gcra.rate = max(rate, MIN_REQUESTS_PER_S if gcra is self.requests else 1.0)
         gcra.burst = max(1.0, min(gcra.rate * BURST_S, limit.remaining or 1.0))
+        if first and gcra is self.requests:
+            # The starts made before the rate was known count against its first burst.
+            now = self.clock()
+            recent = sum(1 for t in self._recent if now - t < BURST_S)
+            gcra.tat = max(gcra.tat, now + recent / gcra.rate)
 
-    def refused(self, retry_after: float | None) -> None:
-        """A 429: pause every start for ``retry_after`` (or a default), and without headers
-        halve the rate (AIMD)."""
+    def refused(self, retry_after: float | None, started: float | None = None) -> None:
+        """A 429: pause every start for ``retry_after`` (or a default), and slow down: the
+        rate without headers, the factor on the learned rate with them. Once per round
+        trip: a 429 to a request ``started`` (on the clock) before the last slow-down says
+        nothing new about the slower rate (TCP's rule), and neither does one within
+        :data:`SLOWDOWN_EVERY_S` (or the Retry-After) of it: a burst of refusals halves
+        once, not once each."""
         now = self.clock()
+        self.answered = True
         self.refusals += 1
         self.paused_until = max(self.paused_until, now + (
             retry_after if retry_after is not None and retry_after > 0 else DEFAULT_PAUSE_S))
-        if self.learned:
+        if started is not None and started < max(self._slowed_at, self._learned_at):
+            return  # started before the slower rate, or before the rate was known
+        if self.slow_start:  # the first 429 ends it: from here on, AIMD
+            self.slow_start = False
+            # Halved below: what it was sending at, never below where slow start began.
+            self.requests.rate = max(self._observed_rate(now) or 0.0, self.requests.rate or 0.0)
+        if started is not None and started < self._slowed_at or \
+                now - self._slowed_at < max(retry_after or 0.0, SLOWDOWN_EVERY_S):
+            return
+        self._slowed_at = now
+        if self.learned:  # the next observe() applies it
+            self.factor = max(self.factor * AIMD_DECREASE, LEARNED_FACTOR_MIN)
+            self._scale(self.requests, AIMD_DECREASE, MIN_REQUESTS_PER_S)
+            self._scale(self.tokens, AIMD_DECREASE, 1.0)
             return
         current = self.requests.rate or self._observed_rate(now)
         if current is None:  # too few starts to tell a rate: the pause alone
@@ -153,14 +222,36 @@ class Pacer:
 
     def succeeded(self) -> None:
         """An answer: without headers, an additive increase (up to the ceiling)."""
-        if self.learned or self.requests.rate is None:
+        if self.learned:
+            # LEARNED_FACTOR_INCREASE per second's worth of answers at the current rate:
+            # several processes on one key then converge instead of see-sawing.
+            per_second = max(1.0, (self.requests.rate or 1.0) * BURST_S)
+            self.factor = min(1.0, self.factor + LEARNED_FACTOR_INCREASE / per_second)
             return
-        rate = self.requests.rate + AIMD_INCREASE
+        if self.requests.rate is None:
+            return
+        if self.slow_start:
+            now = self.clock()
+            if now - self._grew_at >= BURST_S:
+                self._grew_at = now
+                self.requests.rate = self._capped(self.requests.rate * 2)
+                self.requests.burst = max(1.0, self.requests.rate * BURST_S)
+            return
+        rate = self.requests.rate + max(AIMD_INCREASE, self.requests.rate * AIMD_INCREASE_SHARE)
         if self.ceiling_rps is not None:
             rate = min(rate, self.ceiling_rps)
         self.requests.rate = rate
         self.requests.burst = self._burst(rate, self._ceiling_burst
                                           if rate == self.ceiling_rps else None)
+
+    def _capped(self, rate: float) -> float:
+        return min(rate, self.ceiling_rps) if self.ceiling_rps is not None else rate
+
+    @staticmethod
+    def _scale(gcra: _Gcra, by: float, floor: float) -> None:
+        if gcra.rate:
+            gcra.rate = max(gcra.rate * by, floor)
+            gcra.burst = max(1.0, min(gcra.burst, gcra.rate * BURST_S))
 
     def _observed_rate(self, now: float) -> float | None:
         """Starts a second over the last two seconds (what a 429 answered); None with fewer
@@ -172,6 +263,8 @@ class Pacer:
 
     def describe(self) -> str:
         """One phrase for a progress line: where the key stands and the pace."""
+        if not (self.learned or self.refusals or self.ceiling_rps or self.ceiling_tps):
+            return ""
         parts = []
         requests = self.limits.requests
         if requests is not None:
@@ -199,5 +292,8 @@ def pacer_for(base_url: str | None, key: str | None, *, name: str, rpm: float | 
     with _LOCK:
         pacer = _PACERS.get(identity)
         if pacer is None or pacer.clock is not clock:
-            pacer = _PACERS[identity] = Pacer(name, rpm=rpm, tpm=tpm, burst=burst, clock=clock)
+            pacer = _PACERS[identity] = Pacer(name, rpm=rpm, tpm=tpm, burst=burst, clock=clock,
+                                              discover=True)
+        else:
+            pacer.set_ceilings(rpm, tpm, burst)
         return pacer

@@ -40,6 +40,7 @@ class QueryState(Protocol):
     history: list[dict]
     deadline: float
     limit_s: float
+    start: float                         # on the executor's clock
     expired: bool
     ledger: BudgetLedger
     outcomes: dict[str, CallOutcome]
@@ -137,7 +138,10 @@ class AgentCall:
         head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
         return ChatRequest(model=self.model.model_id, messages=head + self.q.history,
                            sampling=call.sampling, max_tokens=max_tokens, stream=True,
-                           occurrence=self.node.occurrence, scope=self.q.query_id)
+                           occurrence=self.node.occurrence, scope=self.q.query_id,
+                           # Later stages, then older queries, go first when the key's
+                           # pacer holds calls back: answers come out steadily.
+                           priority=(-call.layer_index, self.q.start))
 
     def shortened(self, references, allowance: int, max_tokens: int | None, *,
                   keep_one: bool = False):

@@ -500,7 +500,8 @@ class _Query:
                 prompt_tokens=record.prompt_tokens,
                 completion_tokens=record.completion_tokens,
                 tokens_reported=record.tokens_reported, error_type=record.error_type,
-                http_status=record.http_status, finish_reason=record.finish_reason)
+                http_status=record.http_status, finish_reason=record.finish_reason,
+                wait_s=record.queued_s)
         trace.write(CallRecord(
             run_id=self.x.run_id, query_id=self.query_id, pipeline=self.x.plan.pipeline,
             layer=call.layer, node=call.id, position=call.position, role=call.role,

@@ -49,8 +49,10 @@ from moac.run.executor import (
     BudgetLedger, BudgetRefused, ChatClient, Executor, QueryProgress, QueryResult, retry_sleep,
 )
 from moac.ir import Plan, RoutePlan
+from moac.ir.spec import ProviderSpec
 from moac.providers.errors import MissingApiKey, ProviderError
 from moac.providers.limits import ProviderLimiter
+from moac.providers.pacing import Pacer, pacer_for
 from moac.providers.openai import OpenAICompatibleClient, make_session, resolve_api_key
 from moac.text import json_bytes, valid_text
 from moac.traces.trace import RunHeader, TraceWriter, jsonl_safe, price_table_sha256, sha256_file
@@ -136,6 +138,7 @@ class BatchProgress:
     errors: Counter = field(default_factory=Counter)
     recovered: int = 0  # calls answered from the journal of an interrupted run
     recovered_usd: float = 0.0  # ...and what they had cost
+    pacing: str = ""  # where the providers' rate limits stand, when a pacer knows or acts
 
     @property
     def elapsed_s(self) -> float:
@@ -179,6 +182,30 @@ class Runner:
         self.trace: TraceWriter | None = None
         self.executor: Executor | None = None
 
+    def pacing(self) -> str:
+        """Where each provider key's rate limit stands and its pace, for a progress line
+        ("" when no pacer has anything to say)."""
+        seen, parts = set(), []
+        for client in self.clients.values():
+            limiter = getattr(client, "limiter", None) or \
+                getattr(getattr(client, "inner", None), "limiter", None)
+            pacer = getattr(limiter, "pacer", None)
+            if pacer is not None and id(pacer) not in seen:
+                seen.add(id(pacer))
+                text = pacer.describe()
+                if text:
+                    parts.append(text)
+        return "; ".join(parts)
+
+    def _pacer(self, provider: ProviderSpec) -> Pacer:
+        if provider.kind == "local":  # llama.cpp in this process: no limit but its speed
+            return Pacer(provider.name, clock=time.monotonic)
+        key = self.keys.get(provider.name)
+        return pacer_for(provider.base_url, key.get_secret_value() if key else None,
+                         name=provider.name, rpm=provider.rpm, tpm=provider.tpm,
+                         burst=min(provider.parallel, provider.rpm) if provider.rpm else None,
+                         clock=time.monotonic)
+
     async def __aenter__(self) -> "Runner":
         if self._given_clients is None and self.cache_mode == "replay":
             from moac.run.cache import CachingClient
@@ -188,8 +215,10 @@ class Runner:
             self.session = make_session(self.plan.providers.values())
             clients: dict[str, ChatClient] = {}
             for name, provider in self.plan.providers.items():
-                # A limiter of its own: pacing sleeps must not reach retry_sleep.
-                limiter = ProviderLimiter(provider.name, provider.parallel, provider.rpm)
+                # A limiter of its own (pacing sleeps must not reach retry_sleep), with the
+                # pacer every client of this key in the process shares.
+                limiter = ProviderLimiter(provider.name, provider.parallel,
+                                          pacer=self._pacer(provider))
                 if provider.kind == "local":
                     from moac.providers.local import LocalClient, LocalServers
                     if self.local_servers is None:
@@ -409,6 +438,7 @@ class Runner:
                 state.cost_usd += sum(r.cost_usd for r in results)
                 state.cached_usd += sum(r.cached_usd for r in results)
                 if progress is not None:
+                    state.pacing = self.pacing()
                     progress(state)
 
         workers = [asyncio.ensure_future(worker())
@@ -559,7 +589,8 @@ def stderr_progress(stream=None) -> Callable[[BatchProgress], None]:
                 + (f" · {p.failed} failed" if p.failed else "")
                 + (f" · {p.not_run} not run" if p.not_run else "")
                 + f" · {rate:.1f}/s"
-                + (f" · {p.before} answered before" if p.before else ""))
+                + (f" · {p.before} answered before" if p.before else "")
+                + (f" · {p.pacing}" if p.pacing else ""))
         if tty:
             width = 24
             filled = int(width * p.done / max(p.total, 1))

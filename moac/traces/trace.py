@@ -68,7 +68,8 @@ class CallRecord(Record):
     a count was estimated (the provider sent no usage). ``error`` is the redacted message of
     the error that ended the call (on its last attempt), or why it was skipped or cancelled;
     ``error_body`` the redacted start of a malformed response's body. ``max_tokens`` is what
-    the call was sent with: below the agent's own when the budget clamped it."""
+    the call was sent with: below the agent's own when the budget clamped it. ``wait_s``: the
+    seconds the attempt waited to start (the provider key's pacer, a free slot, a cool-down)."""
 
     type: Literal["call"] = "call"
     run_id: str
@@ -98,6 +99,7 @@ class CallRecord(Record):
     finish_reason: str | None = None
     max_tokens: int | None = None
     cached: bool = False  # answered from a response cache: cost_usd 0, nothing sent
+    wait_s: float = 0.0   # waited before the attempt: the key's pacer, a slot, a cool-down
 
 
 class SkippedNode(Record):
