@@ -17,7 +17,8 @@ Faults are scripted with :class:`Behavior` values::
 
 Which behavior a request gets: its number's (:meth:`FakeOpenAI.on_request`), else the next
 one queued for its model, else the next queued for any model (:meth:`FakeOpenAI.script`),
-else its model's default, else the default.
+else its model's default, else the default. :data:`NOT_ANSWERS` names models whose answers
+are not answers (empty, whitespace, filtered, refused, cut), to give as model defaults.
 
 ``server.provider_spec(**fields)`` gives a :class:`moac.ir.spec.ProviderSpec` pointing at it (after
 start). From synchronous code (a pytest test calling ``asyncio.run``), :func:`serve_in_thread` runs
@@ -108,6 +109,8 @@ class Behavior:
     claim_usage: dict | None = None   # report this usage whatever was sent (a lying server)
     flood_bytes: int | None = None    # ignore max_tokens: answer this many bytes of text
     html_200: bool = False            # a proxy's HTML page with status 200
+    filter_after: int | None = None   # this many tokens, then finish_reason content_filter
+    refusal: str | None = None        # a `refusal` in place of content (content null)
 
     @classmethod
     def rate_limited(cls, retry_after: float | str | None = 1, *,
@@ -139,6 +142,39 @@ class Behavior:
     @classmethod
     def hanging(cls) -> "Behavior":
         return cls(hang=True)
+
+    # --- answers that are not answers (see NOT_ANSWERS) ---
+    @classmethod
+    def empty(cls, **more: Any) -> "Behavior":
+        """200, finish_reason stop, and no text at all."""
+        return cls(text="", **more)
+
+    @classmethod
+    def whitespace(cls, **more: Any) -> "Behavior":
+        """200, finish_reason stop, and only spaces, newlines and a tab."""
+        return cls(text=" \n\n \t ", **more)
+
+    @classmethod
+    def filtered(cls, after: int = 2, **more: Any) -> "Behavior":
+        """A content filter that stops the answer after ``after`` tokens."""
+        return cls(filter_after=after, **more)
+
+    @classmethod
+    def refused(cls, **more: Any) -> "Behavior":
+        """A refusal in place of content."""
+        return cls(refusal="I can't help with that.", **more)
+
+    @classmethod
+    def cut(cls, after: int = 3, **more: Any) -> "Behavior":
+        """An answer the provider ends at ``after`` tokens with finish_reason length."""
+        return cls(tokens=after, finish_reason="length", **more)
+
+
+# Model ids whose default behavior is an answer that is not one (the non-streamed and the
+# streamed forms both): ``server.set_default(NOT_ANSWERS[m], model=m)`` for each.
+NOT_ANSWERS = {"blank": Behavior.empty(), "spaces": Behavior.whitespace(),
+               "filtered": Behavior.filtered(), "refused": Behavior.refused(),
+               "cut": Behavior.cut()}
 
 
 @dataclass
@@ -341,6 +377,8 @@ class FakeOpenAI:
             tokens = ["x" * 1000] * (b.flood_bytes // 1000)
         elif isinstance(max_tokens, int) and max_tokens < len(tokens):
             tokens, finish = tokens[:max_tokens], b.finish_reason or "length"
+        if b.filter_after is not None:
+            tokens, finish = tokens[:b.filter_after], "content_filter"
         usage = {"prompt_tokens": prompt_tokens(body["messages"], b.count),
                  "completion_tokens": len(tokens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -366,6 +404,8 @@ class FakeOpenAI:
         if not b.no_choices:
             answer["choices"] = [{"index": 0, "finish_reason": finish, "message": {
                 "role": "assistant", "content": None if b.null_content else "".join(tokens)}}]
+            if b.refusal is not None:
+                answer["choices"][0]["message"].update(content=None, refusal=b.refusal)
         if not b.missing_usage:
             answer["usage"] = usage
         return web.Response(text=json.dumps(answer, ensure_ascii=b.ascii_json), headers=headers,
@@ -403,6 +443,9 @@ class FakeOpenAI:
                 {"index": 0, "delta": delta, "finish_reason": finish_reason}]}
 
         await event(chunk({"role": "assistant", "content": None if b.null_content else ""}))
+        if b.refusal is not None:
+            await event(chunk({"refusal": b.refusal}))
+            tokens = []
         for i, token in enumerate(tokens):
             if i == b.truncate_after:
                 await response.write_eof()

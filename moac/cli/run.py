@@ -264,7 +264,8 @@ async def _run_prompts(runner, items, out: str, concurrency: int) -> int:
     if state.stopped:
         print(f"moac: stopped: {state.stopped}; {state.not_run} not run (run again to "
               "resume)", file=sys.stderr)
-    print(f"moac: {state.ok} answered, {state.failed} failed · {dollars(state.cost_usd)} · "
+    cut = f" ({state.cut} cut at max_tokens)" if state.cut else ""
+    print(f"moac: {state.ok} answered{cut}, {state.failed} failed · {dollars(state.cost_usd)} · "
           f"{time.monotonic() - start:.1f}s · answers in {out}", file=sys.stderr)
     _print_errors(state.errors)
     return EXIT_OK if state.failed == 0 and state.not_run == 0 else EXIT_PROBLEMS

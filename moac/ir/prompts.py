@@ -48,14 +48,18 @@ def template_slots(text: str) -> tuple[list[str], list[str]]:
 # their max_tokens, or shortened here to fit a budget or a context window).
 CUT_BY_LENGTH = "[this answer was cut off: it reached its length limit]"
 SHORTENED = "[shortened to fit]"
+# ...and the most bytes one takes with the space before it: an answer of max_tokens is the
+# one that gets a mark, so a bound on what a layer reads counts it.
+_NOTE_BYTES = 1 + max(len(CUT_BY_LENGTH.encode()), len(SHORTENED.encode()))
 
 
 def render_template(text: str, responses: Sequence[str],
                     notes: Sequence[str | None] = ()) -> str:
     """Fill the template: answers numbered ``1. ...`` in the order given, each followed by
-    its note (one of :data:`CUT_BY_LENGTH`, :data:`SHORTENED`), if any."""
+    its note (one of :data:`CUT_BY_LENGTH`, :data:`SHORTENED`), if any, on the answer's
+    last line (its trailing whitespace dropped: the note must not read as a new paragraph)."""
     notes = list(notes) + [None] * (len(responses) - len(notes))
-    numbered = "\n\n".join(f"{i}. {answer}" + (f" {note}" if note else "")
+    numbered = "\n\n".join(f"{i}. {answer.rstrip()} {note}" if note else f"{i}. {answer}"
                              for i, (answer, note) in enumerate(zip(responses, notes), 1))
 
     def piece(match: re.Match) -> str:
@@ -143,8 +147,9 @@ def input_max_tokens(prompt_max: int, *, system: str | None = None,
             MAX_TEMPLATE_TOKENS_PER_MESSAGE
     if template is not None:
         answers = list(answers)
-        # "1. " before an answer and the blank line after it: ASCII, a token a byte at most
-        total += sum(answers) + _NUMBERING_BYTES * len(answers)
+        # "1. " before an answer, its note and the blank line after it: ASCII, a token a
+        # byte at most
+        total += sum(answers) + (_NUMBERING_BYTES + _NOTE_BYTES) * len(answers)
     return total
 
 

@@ -12,7 +12,7 @@ typed errors. May import :mod:`moac.ir` and aiohttp; never the run stage above i
 
 from moac.providers.errors import (
     AuthError, BadRequest, ConnectionFailed, ContentFiltered, ContextLengthExceeded,
-    DeadlineExceeded, MalformedResponse, MissingApiKey, ProviderError, ProviderTimeout,
+    DeadlineExceeded, EmptyAnswer, MalformedResponse, MissingApiKey, ProviderError, ProviderTimeout,
     RateLimited, ServerError, redact,
 )
 from moac.providers.limits import ProviderLimiter, make_limiters
@@ -25,8 +25,8 @@ from moac.providers.sse import Event, SSEDecoder
 
 __all__ = [
     "Attempt", "AuthError", "BadRequest", "CallResult", "ChatRequest", "ConnectionFailed",
-    "ContentFiltered", "ContextLengthExceeded", "DeadlineExceeded", "Decision", "Event",
-    "MalformedResponse", "MissingApiKey", "OpenAICompatibleClient", "ProviderError",
+    "ContentFiltered", "ContextLengthExceeded", "DeadlineExceeded", "Decision", "EmptyAnswer",
+    "Event", "MalformedResponse", "MissingApiKey", "OpenAICompatibleClient", "ProviderError",
     "ProviderLimiter", "ProviderTimeout", "RateLimited", "RetryPolicy", "SSEDecoder",
     "ServerError", "Usage", "attempt_timeout", "decide", "make_limiters", "make_session",
     "parse_retry_after", "redact", "resolve_api_key",

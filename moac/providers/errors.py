@@ -194,7 +194,25 @@ class BadRequest(ProviderError):
 
 
 class ContentFiltered(ProviderError):
-    """``finish_reason == "content_filter"`` (or a refusal in place of content)."""
+    """``finish_reason == "content_filter"`` (or a refusal in place of content): whatever
+    text came with it is no answer. Not retried: the same prompt meets the same filter; a
+    declared fallback (another provider's model) may answer."""
+
+
+class EmptyAnswer(ProviderError):
+    """A 2xx whose answer holds no text: empty, or only whitespace (a filter that says
+    nothing, a broken deployment). Its reason is named ``empty answer``. Retried as a
+    provider's hiccup, except when it ran out of ``max_tokens`` before any text
+    (``finish_reason`` ``"length"``, as a reasoning model that spent them thinking): the
+    same request runs out the same way, and a fallback is what can help."""
+    retryable_default = True
+
+    def __init__(self, message: str, *, finish_reason: str | None = None,
+                 **fields: Any) -> None:
+        self.finish_reason = finish_reason
+        if finish_reason == "length":
+            fields.setdefault("retryable", False)
+        super().__init__(message, **fields)
 
 
 class MissingApiKey(ProviderError):

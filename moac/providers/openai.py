@@ -7,6 +7,10 @@ Contract of :meth:`OpenAICompatibleClient.chat`:
   ``asyncio.CancelledError`` is re-raised untouched (the attempt in flight is recorded as
   ``cancelled`` through ``on_attempt``). This is the only retry loop: callers must not add
   another.
+- A result always holds text: a 2xx answer that is empty or only whitespace is a failed
+  attempt (:class:`~moac.providers.errors.EmptyAnswer`), one the provider's content filter
+  stopped another (:class:`~moac.providers.errors.ContentFiltered`). One cut by
+  ``max_tokens`` is a success, flagged (``finish_reason == "length"``).
 - Each attempt holds one of the provider's slots (:class:`~moac.providers.limits.ProviderLimiter`)
   only while it runs; backoff sleeps hold none.
 - Each attempt is bounded by an ``aiohttp.ClientTimeout`` with every field set: ``total`` is the
@@ -55,7 +59,8 @@ from moac.providers.errors import (
 from moac.providers.limits import ProviderLimiter
 from moac.providers.ratelimits import parse_rate_limits
 from moac.providers.parse import (
-    StreamState, Where, http_error, parse_completion, too_large, too_long, unexpected_body,
+    StreamState, Where, http_error, parse_completion, require_answer, too_large, too_long,
+    unexpected_body,
 )
 from moac.providers.retry import RetryPolicy, decide
 from moac.providers.sse import LineTooLong, SSEDecoder
@@ -415,6 +420,8 @@ class OpenAICompatibleClient:
         if text_bytes > request.answer_limit * MAX_ANSWER_BYTES_PER_TOKEN:
             raise too_long(text_bytes, request.answer_limit, state.where)
         self._count_tokens(request, state, record)
+        require_answer(state.text, state.finish_reason, state.where,
+                       max_tokens=request.answer_limit)
         usage = Usage(record.prompt_tokens, record.completion_tokens, record.tokens_reported)
         return CallResult(state.text, state.finish_reason, usage)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from moac.providers.errors import (
-    AuthError, BadRequest, ContentFiltered, ContextLengthExceeded, MalformedResponse,
-    ProviderError, RateLimited, ServerError, redact,
+    AuthError, BadRequest, ContentFiltered, ContextLengthExceeded, EmptyAnswer,
+    MalformedResponse, ProviderError, RateLimited, ServerError, redact,
 )
 from moac.providers.retry import parse_retry_after, parse_should_retry
 from moac.text import valid_json
@@ -225,3 +225,23 @@ class StreamState:
         if not self.saw_content:
             raise MalformedResponse("the stream's content was null throughout",
                                     what="null_content", **fields)
+
+
+def require_answer(text: str, finish_reason: str | None, where: Where, *,
+                   max_tokens: int | None = None) -> None:
+    """Raise :class:`~moac.providers.errors.EmptyAnswer` when a 2xx's answer holds no text
+    (empty, or whitespace only): such an answer is a failed attempt, never a success. moac
+    sends no tools, so an answer of tool calls alone has no text to use either. Give it the
+    answer as the caller will use it (after any reasoning is split off)."""
+    if text.strip():
+        return
+    if finish_reason == "length":
+        limit = f" {max_tokens:,}" if max_tokens is not None else ""
+        why = f"max_tokens{limit} ran out before any text (finish_reason length)"
+    elif text:
+        why = f"the provider sent only whitespace ({len(text):,} characters, finish_reason " \
+              f"{finish_reason or 'none'})"
+    else:
+        why = f"the provider sent no text (finish_reason {finish_reason or 'none'})"
+    raise EmptyAnswer(f"empty answer: {why}", finish_reason=finish_reason,
+                      **where.fields(status=200))

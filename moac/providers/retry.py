@@ -9,8 +9,9 @@ Rules (see ``shared/guides/executor-reliability.md``), in the order they are app
 1. An error that is not an HTTP-level verdict on this request (missing key, deadline) is final.
 2. The server's ``x-should-retry: true|false`` wins over the status code.
 3. Otherwise the error's own ``retryable`` decides: connection errors, timeouts, disconnects,
-   payload errors and malformed 200s, 408, 409, 429 and >= 500 retry; 400, 401, 403, 404,
-   422, other 4xx, context-length errors and content filters do not.
+   payload errors and malformed 200s, empty answers, 408, 409, 429 and >= 500 retry; 400,
+   401, 403, 404, 422, other 4xx, context-length errors, content filters and an empty answer
+   that ran out of ``max_tokens`` before any text do not.
 4. A 429 is retried whatever the attempt count (its Retry-After jittered up by at most
    ``RATE_LIMIT_JITTER``), for as long as the deadline allows: a rate limit costs time,
    never the answer.

@@ -96,7 +96,7 @@ class AgentCall:
     """One agent call of a query: its fitting, reservation, attempts and outcome."""
 
     __slots__ = ("q", "node", "call", "model", "outcome", "held_usd", "held_tflops",
-                 "worst_usd", "worst_tflops", "keep", "pending", "emitted", "token")
+                 "worst_usd", "worst_tflops", "keep", "pending", "emitted", "blank", "token")
 
     def __init__(self, query: QueryState, node: Node):
         self.q = query
@@ -111,6 +111,7 @@ class AgentCall:
         self.keep = Cost(0.0, 0.0) if node.final else query.final_reserve
         self.pending: tuple[Attempt, float, float] | None = None
         self.emitted = 0  # characters streamed by the current attempt
+        self.blank = ""  # its whitespace so far, held back: it may be an empty answer yet
         self.token = None
 
     # --- what it sends ---------------------------------------------------------------------
@@ -289,6 +290,12 @@ class AgentCall:
         return outcome
 
     def delta(self, text: str) -> None:
+        """Stream the final stage's text; whitespace before its first visible character
+        is held back, so that an empty answer streams nothing (no restart to undo)."""
+        if not self.emitted and not text.strip():
+            self.blank += text
+            return
+        text, self.blank = self.blank + text, ""
         self.emitted += len(text)
         self.q.on_delta(text)
 
@@ -331,7 +338,7 @@ class AgentCall:
             self.q.on_restart(self.call.id, f"attempt {record.number} failed "
                                             f"({record.error_type or record.status}) after "
                                             f"{self.emitted} characters")
-        self.emitted = 0
+        self.emitted, self.blank = 0, ""
 
     def flush_pending(self, error: str | None = None, body: str | None = None) -> None:
         if self.pending is not None:

@@ -99,7 +99,7 @@ def _json(text: str, what: str):
 # Fields of an answer line that moac sets (the rest are copied from the prompt's record).
 _ANSWER_FIELDS = ("id", "output", "choices", "generator", "model_id", "status", "cost_usd",
                   "latency_s", "errors", "routed_to", "tflops", "run_id", "cached_usd",
-                  "cached_tflops")
+                  "cached_tflops", "finish_reason")
 
 
 def read_answers(path: str) -> list[dict]:

@@ -20,8 +20,9 @@ Contract:
   replay whose budget clamps differently still finds it.
 - With ``record``, identical requests in flight at once are asked once: the others wait for
   its answer and take it from the cache (or, if it failed, are asked on their own).
-- Only complete answers are stored (``finish_reason`` in
-  :data:`~moac.constants.CACHE_FINISH_REASONS`); failures never are. The first answer
+- Only complete answers with text are stored (``finish_reason`` in
+  :data:`~moac.constants.CACHE_FINISH_REASONS`); failures never are, nor an empty answer,
+  and one an older moac stored is never answered (it is a miss). The first answer
   stored for a key stays: concurrent identical requests do not overwrite each other.
 - An answer from the cache reaches ``on_delta`` as one delta and ``on_attempt`` as one
   :class:`~moac.providers.openai.Attempt` with ``cached=True`` (nothing was sent; the
@@ -193,7 +194,7 @@ class ResponseCache:
         """The answer stored under ``key``, or None. Counts a hit or a miss (unless
         ``count`` is false: a first look that another will follow)."""
         row = self._run(f"SELECT {_COLUMNS} FROM responses WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        if row is None or not row[2].strip():  # an empty answer is no answer to give
             self.stats.misses += count
             return None
         self.stats.hits += count
@@ -201,12 +202,17 @@ class ResponseCache:
 
     def put(self, key: str, model: str, result: CallResult, *, count: bool = True) -> bool:
         """Store ``result`` under ``key``; False when the key already had an answer (which
-        stays). Raises ValueError for an answer that is not complete. ``count`` false: a
-        second filing of an answer already counted as stored."""
-        if result.finish_reason not in CACHE_FINISH_REASONS:
-            raise ValueError(f"only complete answers are cached, not finish_reason "
-                             f"{result.finish_reason!r}")
+        stays, unless it had no text). Raises ValueError for an answer that is not complete
+        or has no text. ``count`` false: a second filing of an answer already counted as
+        stored."""
+        if not storable(result):
+            raise ValueError(f"only complete answers with text are cached, not "
+                             f"finish_reason {result.finish_reason!r} with "
+                             f"{len(result.text.strip())} characters of text")
         usage = result.usage
+        old = self._run("SELECT text FROM responses WHERE key = ?", (key,)).fetchone()
+        if old is not None and not old[0].strip():  # an older moac's empty answer: replaced
+            self._run("DELETE FROM responses WHERE key = ?", (key,))
         cursor = self._run(
             f"INSERT OR IGNORE INTO responses (key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (key, model, time.time(), result.text, result.finish_reason, usage.prompt_tokens,
@@ -231,6 +237,11 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r})"
+
+
+def storable(result: CallResult) -> bool:
+    """Whether an answer may be cached: complete (or cut by ``max_tokens``), with text."""
+    return result.finish_reason in CACHE_FINISH_REASONS and bool(result.text.strip())
 
 
 class CachingClient:
@@ -291,7 +302,7 @@ class CachingClient:
         try:
             result = await self.inner.chat(request, deadline=deadline, on_delta=on_delta,
                                            on_attempt=on_attempt)
-            if result.finish_reason in CACHE_FINISH_REASONS:
+            if storable(result):
                 self.cache.put(key, request.model, result)
                 if self.mode == "record" and request.max_tokens is not None and \
                         request.max_tokens != request.sampling.max_tokens:

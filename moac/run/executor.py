@@ -9,6 +9,14 @@ Contract of :meth:`Executor.run`:
   it can no longer hold, the stage's calls still in flight are cancelled and the query fails
   with every error named (each failed call, and each call skipped by the budget or deadline).
 - **Fallback.** An aggregator that fails (or is skipped) hands over to the declared fallback.
+- **Answers.** A call is ``ok`` only with text: an answer that is empty or only whitespace
+  (``EmptyAnswer``), or that a content filter stopped (``ContentFiltered``), fails its call
+  after the retries its provider's policy allows, so it never counts toward a quorum, is never
+  read by a later stage and is never a query's answer (the fallback answers instead). An
+  answer cut by its ``max_tokens`` is ``ok`` and read, marked as cut
+  (:data:`~moac.ir.prompts.CUT_BY_LENGTH`); the final answer's ``finish_reason`` is the
+  query's (:attr:`QueryResult.truncated`, and its trace line). Whitespace that begins the
+  final answer reaches ``on_delta`` only with the first visible text after it.
 - **Deadline.** One per query: ``budget.max_latency_s`` (else
   :data:`~moac.constants.DEFAULT_QUERY_DEADLINE_S`). The client's retry loop reads it (no
   attempt starts that cannot finish, no backoff sleeps past it); past it, plus
@@ -523,6 +531,8 @@ class _Query:
         critical = sum(self.outcomes[n].ended - self.outcomes[n].started for n in path
                        if n in self.outcomes)
         prompt_tokens = messages_tokens(self.history)
+        finish_reason = self.outcomes[answered_by].finish_reason \
+            if answer is not None and answered_by in self.outcomes else None
         self.ledger.close()
         result = QueryResult(
             query_id=self.query_id, status=status, answer=answer, answered_by=answered_by,
@@ -536,7 +546,7 @@ class _Query:
             skipped=self.skipped,
             estimate=None if self.unrouted else self.x.estimate_for(prompt_tokens),
             pipeline=None if self.unrouted else self.x.plan.pipeline, route=self.route,
-            decisions=self.decisions, fit=list(self.fit))
+            decisions=self.decisions, fit=list(self.fit), finish_reason=finish_reason)
         if self.x.trace is not None and not self.finished:
             self.x.trace.write(QueryRecord(
                 run_id=self.x.run_id, query_id=self.query_id,
@@ -548,6 +558,6 @@ class _Query:
                 completion_tokens=result.completion_tokens, tflops=result.tflops,
                 estimate=result.estimate, answer=answer, answered_by=answered_by,
                 errors=errors, skipped=self.skipped, route=self.route,
-                cached_usd=result.cached_usd, fit=result.fit))
+                cached_usd=result.cached_usd, fit=result.fit, finish_reason=finish_reason))
         self.finished = True
         return result

@@ -79,10 +79,18 @@ class QueryResult:
     route: str | None = None      # the route that chose it, if any
     decisions: list[dict[str, Any]] = field(default_factory=list)  # the route's steps
     fit: list[str] = field(default_factory=list)  # how the plan was fit to its budget/context
+    # The answer's own finish_reason ("stop"; "length" when max_tokens cut it), as a server
+    # returns it; None without an answer.
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut by its ``max_tokens``: whole as far as it goes, but not whole."""
+        return self.finish_reason == "length"
 
     @property
     def failures(self) -> int:

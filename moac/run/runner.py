@@ -139,6 +139,7 @@ class BatchProgress:
     recovered: int = 0  # calls answered from the journal of an interrupted run
     recovered_usd: float = 0.0  # ...and what they had cost
     pacing: str = ""  # where the providers' rate limits stand, when a pacer knows or acts
+    cut: int = 0  # answered items with an answer cut by its max_tokens (finish_reason length)
 
     @property
     def elapsed_s(self) -> float:
@@ -430,6 +431,7 @@ class Runner:
                 state.done += 1
                 state.ok += status == "ok"
                 state.failed += status != "ok"
+                state.cut += status == "ok" and any(r.truncated for r in results)
                 if status != "ok":
                     # A failed query's first error says what failed ("the aggregator
                     # failed"); the ones after it say why: those are the causes.
@@ -469,6 +471,9 @@ class Runner:
             row["routed_to"] = [r.pipeline for r in results] if item.field == "turns" \
                 else (results[0].pipeline if results else None)
         row["status"] = status
+        # Each answer's finish_reason ("length": cut by its max_tokens), per turn for turns.
+        row["finish_reason"] = [r.finish_reason for r in results] if item.field == "turns" \
+            else (results[0].finish_reason if results else None)
         row["cost_usd"] = round(sum(r.cost_usd for r in results), 8)
         row["latency_s"] = round(sum(r.latency_s for r in results), 4)
         row["tflops"] = round(sum(r.tflops for r in results), 3)
@@ -552,7 +557,9 @@ def default_answers_path(prompts_path: str, pipeline: str) -> str:
 def summary_line(result: QueryResult) -> str:
     """The one line ``moac run --prompt`` prints on standard error."""
     routed = [f"routed to {result.pipeline}"] if result.route and result.pipeline else []
-    parts = [result.status] + routed + [
+    # A cut answer says so next to its status: it must not pass for a complete one.
+    cut = ["answer cut at max_tokens (finish_reason length)"] if result.truncated else []
+    parts = [result.status] + cut + routed + [
              f"${result.cost_usd:.4f}",
              f"{result.prompt_tokens + result.completion_tokens:,} tokens "
              f"({result.prompt_tokens:,} in, {result.completion_tokens:,} out)",

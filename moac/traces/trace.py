@@ -112,7 +112,8 @@ class QueryRecord(Record):
     (the last to end), then the final calls; ``critical_path_s`` the sum of those calls'
     durations, so ``latency_s - critical_path_s`` is what the executor itself added.
     ``estimate`` is the planner's expected-case estimate for this prompt's length (None when
-    the planner is not installed)."""
+    the planner is not installed). ``finish_reason`` is the answer's (``"length"``: cut by
+    its ``max_tokens``); None without an answer."""
 
     type: Literal["query"] = "query"
     run_id: str
@@ -138,6 +139,7 @@ class QueryRecord(Record):
     route: str | None = None
     cached_usd: float = 0.0  # what the answers from a response cache would have cost
     fit: list[str] = []  # how the plan was fit to this query's budget and contexts
+    finish_reason: str | None = None  # the answer's: "length" when its max_tokens cut it
 
 
 class RouteDecisionRecord(Record):
