@@ -42,6 +42,9 @@ DEFAULT_MAX_RETRIES = 2
 # --- running ---------------------------------------------------------------------------
 # A query with no latency budget still ends: one deadline around the whole DAG.
 DEFAULT_QUERY_DEADLINE_S = 600.0
+# The planner's search when a query is fit at its start (moac.run.start_fit): past this it
+# keeps the best sub-plan found (its search is exact on the paper's MoA within ~60 ms).
+FIT_SEARCH_TIME_LIMIT_S = 0.25
 
 # --- the budget's upper bounds (what a provider can bill, whatever its tokeniser) ----------
 # A budget hold must be a true upper bound, not an estimate: no tokeniser moac knows is at

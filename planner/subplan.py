@@ -1,8 +1,9 @@
 """Sub-plans: which agents of a lowered plan to keep, and the plan that keeps only them.
 
 A :class:`Choice` names, for each intermediate layer of a plan (every layer but the final
-stage), the 0-based positions of the agents kept (an empty tuple drops the layer), and whether
-the declared fallback replaces the aggregator. :func:`build` re-lowers the kept part with
+stage), the 0-based positions of the agents kept (an empty tuple drops the layer), whether
+the declared fallback replaces the aggregator, and whether it is dropped (its model's context
+cannot take the query: :mod:`moac.run.start_fit`). :func:`build` re-lowers the kept part with
 :func:`moac.ir.lower.lower`, so the result keeps every IR invariant (full edges between
 consecutive layers, positions 0..n-1, layer indices, models and providers actually used).
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 class Choice:
     keep: tuple[tuple[int, ...], ...]
     use_fallback: bool = False
+    drop_fallback: bool = False
 
     def agents(self) -> int:
         return sum(len(kept) for kept in self.keep)
@@ -69,6 +71,8 @@ def build(plan: "Plan", choice: Choice) -> "Plan":
         if fallback is None:
             raise ValueError(f"pipeline '{plan.pipeline}' declares no fallback")
         aggregator, fallback = fallback, None
+    if choice.drop_fallback:
+        fallback = None
     spec = PipelineSpec(name=plan.pipeline, layers=tuple(layers), aggregator=_agent(aggregator),
                         aggregator_prompt=aggregator.prompt if layers else None,
                         fallback=_agent(fallback) if fallback else None,

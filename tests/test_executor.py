@@ -50,6 +50,19 @@ def example_plan(server: FakeOpenAI, name: str = "moa", budget: BudgetSpec | Non
     return point_at(moac.compile_file(EXAMPLES / file).plan(name, budget), server, **fields)
 
 
+def with_models(plan: Plan, **fields) -> Plan:
+    """The plan with every model's profile changed by ``fields`` (a catalog declaring, say,
+    the fake's short answers or its speed, so the planner's estimates fit the fake)."""
+    models = plan.graph.graph["models"]
+    for name, model in list(models.items()):
+        models[name] = model.model_copy(update=fields)
+    return plan
+
+
+# The fake answers at once: profiled so, the planner fits a short deadline with every layer.
+FAST = dict(ttft_s=0.001, output_tokens_per_s=1e6, prefill_tokens_per_s=1e7)
+
+
 def solo_plan(server: FakeOpenAI, *, max_tokens: int = 100, max_usd: float | None = None,
               max_retries: int = 0) -> Plan:
     """One aggregator, nothing else: model 'a' at $1.00/M in and out."""
@@ -250,7 +263,8 @@ def test_retried_aggregator_restarts_the_stream(tmp_path):
 def test_deadline_cuts_a_hanging_layer():
     async def main():
         async with FakeOpenAI(api_key=KEY) as server:
-            plan = example_plan(server, "moa_lite", BudgetSpec(max_latency_s=1.2))
+            plan = with_models(example_plan(server, "moa_lite", BudgetSpec(max_latency_s=1.2)),
+                               **FAST)
             server.set_default(Behavior.hanging(), model=model_id(plan, "dbrx"))
             start = time.monotonic()
             result = await query(plan, "q")
@@ -268,7 +282,8 @@ def test_deadline_never_starts_an_attempt_that_cannot_finish(tmp_path):
 
     async def main():
         async with FakeOpenAI(api_key=KEY, default=Behavior(latency_s=0.5)) as server:
-            plan = example_plan(server, "moa_lite", BudgetSpec(max_latency_s=1.2))
+            plan = with_models(example_plan(server, "moa_lite", BudgetSpec(max_latency_s=1.2)),
+                               **FAST)
             start = time.monotonic()
             result = await query(plan, "q", trace)
             return server, result, time.monotonic() - start
@@ -283,17 +298,18 @@ def test_deadline_never_starts_an_attempt_that_cannot_finish(tmp_path):
 # --- the budget ---------------------------------------------------------------------------------
 
 def test_a_tight_budget_shrinks_the_query_and_never_passes_its_limit(tmp_path):
-    """At $0.005 the paper's MoA cannot hold every worst case at once (the refiners each
-    hold their input at a token a byte), so they wait for one another's holds; the
-    aggregator, whose worst case no longer fits, aggregates what arrived with its
-    references cut evenly and its typical answer length. Nothing is skipped, nothing
-    spent past the limit, and the trace says how the query was fit."""
+    """At $0.005, with models profiled as the fake answers (8 tokens), the start fit keeps
+    the paper's MoA whole (its expected cost fits), but not every worst case fits at once
+    (the refiners each hold their input at a token a byte and 512 tokens out), so they wait
+    for one another's holds; the aggregator, whose worst case no longer fits, asks for a
+    shorter answer. Nothing is skipped, nothing spent past the limit."""
     trace = tmp_path / "t.jsonl"
     limit = 0.005
 
     async def main():
         async with FakeOpenAI(api_key=KEY) as server:
-            plan = example_plan(server, "moa", BudgetSpec(max_usd=limit))
+            plan = with_models(example_plan(server, "moa", BudgetSpec(max_usd=limit)),
+                               answer_tokens=8)
             return server, await query(plan, "Explain budgets.", trace)
 
     server, result = arun(main())
@@ -301,51 +317,85 @@ def test_a_tight_budget_shrinks_the_query_and_never_passes_its_limit(tmp_path):
     calls = [r for r in records if r["type"] == "call"]
     assert result.status == "ok" and result.answered_by == "aggregate.qwen110"
     assert not result.skipped and all(r["status"] == "ok" for r in calls)
+    assert result.fitted is None and records[-1]["fitted"] is None  # kept whole at start
     assert sum(r["cost_usd"] for r in calls) == pytest.approx(result.cost_usd)
     assert result.cost_usd <= limit
     assert len(server.requests) == len(calls) == 13
     aggregate = next(r for r in calls if r["node"] == "aggregate.qwen110")
-    assert aggregate["max_tokens"] == 408  # qwen110's typical answer, not its 2048
-    system = next(q.body["messages"][0]["content"] for q in server.requests
-                  if q.body["max_tokens"] == 408)
-    assert SHORTENED in system
-    assert records[-1]["fit"] == ["aggregate.qwen110: its references were shortened to fit "
-                                  "the budget"]
+    assert 8 <= aggregate["max_tokens"] < 2048  # clamped, down to no less than its typical
+    assert server.requests[-1].body["max_tokens"] == aggregate["max_tokens"]
     # The refiners did not all run at once: their worst cases did not fit together.
     refine = sorted((q.started, q.ended) for q in server.requests
                     if q.body["messages"][0]["role"] == "system" and q.body["max_tokens"] == 512)
     assert len(refine) == 6 and max(start for start, _ in refine) >= min(end for _, end in refine)
 
 
-def test_a_layer_that_cannot_fit_is_left_out_and_the_aggregator_reads_the_one_before(tmp_path):
-    """At $0.0012 no refiner fits beside what is kept for the final stage (the cheaper of
-    aggregator and fallback, answering alone): the refine layer is left out whole, and so
-    is the costlier proposer; the aggregator could only read the proposers' answers cut to
-    nothing, so it hands over to its cheaper fallback, which reads all five of them
-    shortened. The query answers, within its budget, and its trace says how it was fit."""
+def test_a_tight_budget_is_fit_at_query_start_by_the_planner(tmp_path):
+    """At $0.005 with the catalog's real answer lengths the paper's MoA cannot fit: before
+    any call the planner's search (with the prompt at its byte bound) keeps the proposers
+    and the aggregator it predicts best, and drops the rest, saying what each drop gave up;
+    only the kept calls are sent, and nothing is left out at run time."""
     trace = tmp_path / "t.jsonl"
 
     async def main():
         async with FakeOpenAI(api_key=KEY) as server:
-            plan = example_plan(server, "moa", BudgetSpec(max_usd=0.0012))
+            plan = example_plan(server, "moa", BudgetSpec(max_usd=0.005))
             return server, await query(plan, "Explain budgets.", trace)
 
     server, result = arun(main())
     records = read_trace(trace)
-    assert result.status == "ok" and result.answered_by == "fallback.qwen72", result.errors
-    assert result.cost_usd <= 0.0012 and not result.errors
-    left_out = {s.node for s in result.skipped}
-    assert left_out == {"propose.0.qwen110", "aggregate.qwen110"} | {
-        f"refine.{i}.{m}" for i, m in enumerate(
-            ["qwen110", "qwen72", "wizardlm", "llama70", "mixtral", "dbrx"])}
+    fitted = result.fitted
+    assert result.ok and result.cost_usd <= 0.005
+    assert fitted["agents"] == len(server.requests) < fitted["declared_agents"] == 13
+    assert fitted["estimate_usd"] <= fitted["room_usd"] == 0.005
+    assert set(fitted["dropped"]) == {s.node for s in result.skipped}
+    assert all(s.reason.startswith("fit: dropped at query start") for s in result.skipped)
+    assert any(g.startswith("dropped layer refine (6 agents)") for g in fitted["gave_up"])
+    assert result.fit[0].startswith("fit at query start to max_usd $0.0050 with the prompt "
+                                    "at its bound of 48 tokens: propose[")
+    assert result.fit[1:] == fitted["gave_up"]  # and nothing was left out at run time
+    line = records[-1]
+    assert line["fitted"] == fitted and line["fit"] == result.fit
+    skipped = [r for r in records if r["type"] == "call" and r["status"] == "skipped"]
+    assert sorted(r["node"] for r in skipped) == fitted["dropped"]
+    # The estimate recorded is the fitted plan's, not the declared one's.
+    assert line["estimate"]["usd"] < result.fitted["estimate_usd"]
+
+
+def test_answers_longer_than_expected_refit_the_layers_left(tmp_path):
+    """The start fit keeps the whole plan (models profiled at 8-token answers, expected
+    $0.0031 of $0.004), but the proposers answer 300 words: no refiner's worst case fits
+    beside what is kept for the final stage, so the refine layer is left out whole and the
+    aggregator reads the proposers' answers shortened, with its typical answer length. The
+    query answers within its budget, and its trace says how it was fit."""
+    trace = tmp_path / "t.jsonl"
+
+    def long_proposal(model_id):
+        return lambda messages: None if messages[0]["role"] == "system" else \
+            " ".join(f"{model_id[:4]}{i}" for i in range(300))
+
+    async def main():
+        async with FakeOpenAI(api_key=KEY) as server:
+            plan = with_models(example_plan(server, "moa", BudgetSpec(max_usd=0.004)),
+                               answer_tokens=8)
+            for name in PROPOSERS:
+                server.responders[model_id(plan, name)] = long_proposal(model_id(plan, name))
+            return server, await query(plan, "Explain budgets.", trace)
+
+    server, result = arun(main())
+    records = read_trace(trace)
+    assert result.status == "ok" and result.answered_by == "aggregate.qwen110", result.errors
+    assert result.cost_usd <= 0.004 and not result.errors and result.fitted is None
+    assert {s.node for s in result.skipped} == {f"refine.{i}.{m}" for i, m in
+                                                enumerate(PROPOSERS)}
     assert all(s.reason.startswith("budget:") for s in result.skipped)
-    assert "kept for the aggregator" in next(s.reason for s in result.skipped
-                                             if s.node.startswith("refine"))
+    assert "kept for the aggregator" in result.skipped[0].reason
     fit = records[-1]["fit"]
     assert "layer refine left out: none of its 6 agents fit (budget)" in fit
-    assert "fallback.qwen72: its references were shortened to fit the budget" in fit
-    final = server.requests[-1].body["messages"][0]["content"]
-    assert final.count(SHORTENED) == 5 and "5. " in final and "6. " not in final
+    assert "aggregate.qwen110: its references were shortened to fit the budget" in fit
+    final = server.requests[-1].body
+    assert final["max_tokens"] == 8  # qwen110's typical answer, as profiled here
+    assert final["messages"][0]["content"].count(SHORTENED) == 6
 
 
 def test_a_retry_is_made_only_when_the_budget_has_room_for_it(tmp_path):

@@ -143,8 +143,9 @@ pipeline lite from full {
 
 def test_a_run_the_budget_clamped_replays_whole(tmp_path):
     """Recording, the budget clamps the third proposer's max_tokens (each proposer's worst
-    case is $0.087 and its cost $0.014: the first two take turns holding it, the third finds
-    room for 44 tokens only); replaying, the cached answers are counted at their recorded price, so the same
+    case is $0.050 and its cost $0.008: the first two take turns holding it, the third finds
+    room for 43 tokens only; the start fit keeps all three, their expected $0.026 fitting);
+    replaying, the cached answers are counted at their recorded price, so the same
     calls are made and found."""
     import moac
     from moac.run.cache import ResponseCache
@@ -159,7 +160,7 @@ provider p {{
   max_retries = 0
 }}
 model a = p "m-a" {{
-  price = $1000/M
+  price = $10/M in, $1000/M out
   params = 10B
   context = 32k
   length = 8 tok
@@ -175,7 +176,7 @@ pipeline three {{
   aggregate b
 }}
 budget {{
-  max_usd = $0.11
+  max_usd = $0.06
 }}
 '''
 

@@ -20,7 +20,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PROVIDER_KEYS = ("kind", "base_url", "api_key", "parallel", "rpm", "tpm", "timeout",
                  "connect_timeout", "read_timeout", "max_retries", "model_path")
 MODEL_KEYS = ("price", "params", "context", "speed", "quality", "length")
-BUDGET_KEYS = ("max_usd", "max_latency", "max_tflops", "mode")
+BUDGET_KEYS = ("max_usd", "max_latency", "max_tflops", "mode", "on_over_budget")
 
 
 def read_providers(state: CheckState) -> None:
@@ -287,8 +287,8 @@ def read_budgets(state: CheckState) -> None:
 
 
 def read_budget_settings(reader: Reader, settings, what: str, extra_keys=()) -> BudgetSpec:
-    """A budget from ``max_usd``/``max_latency``/``max_tflops``/``mode`` settings; other
-    keys in ``extra_keys`` are left to the caller."""
+    """A budget from ``max_usd``/``max_latency``/``max_tflops``/``mode``/``on_over_budget``
+    settings; other keys in ``extra_keys`` are left to the caller."""
     indexed = reader.settings(settings, BUDGET_KEYS + tuple(extra_keys), what)
     fields: dict = {}
     kinds = {"max_usd": ("max_usd", "usd"), "max_latency": ("max_latency_s", "duration"),
@@ -297,10 +297,11 @@ def read_budget_settings(reader: Reader, settings, what: str, extra_keys=()) -> 
         value = reader.single(setting)
         if value is None or key in extra_keys:
             continue
-        if key == "mode":
-            mode = reader.choice(value, key, ("expected", "worst"))
-            if mode:
-                fields["mode"] = mode
+        if key in ("mode", "on_over_budget"):
+            choices = ("expected", "worst") if key == "mode" else ("shrink", "fail")
+            chosen = reader.choice(value, key, choices)
+            if chosen:
+                fields[key] = chosen
             continue
         field, kind = kinds[key]
         number = reader.positive(value, kind, key)

@@ -96,12 +96,16 @@ class PipelineSpec(Spec):
 
 
 class BudgetSpec(Spec):
-    """Per-query limits; None means unbounded. Command-line flags override these."""
+    """Per-query limits; None means unbounded. Command-line flags override these.
+    ``on_over_budget``: what a query whose plan cannot fit does before its first call:
+    ``shrink`` (the planner drops what it must) or ``fail`` (the plan stays exact, and a
+    query whose exact plan's worst case does not fit fails before any call)."""
 
     max_usd: float | None = None
     max_latency_s: float | None = None
     max_tflops: float | None = None
     mode: Literal["expected", "worst"] = "expected"
+    on_over_budget: Literal["shrink", "fail"] = "shrink"
 
     @property
     def bounded(self) -> bool:

@@ -47,6 +47,7 @@ class QueryState(Protocol):
     clamped: dict[str, int]
     causes: list[str]                    # errors the query reports beside its calls' own
     answered: list[str]                  # the nodes whose answers the next stage reads
+    dropped: dict[str, str]              # calls the start fit left out of this query
     final_reserve: Cost                  # kept unheld for the final stage's smallest answer
     on_delta: Callable[[str], None] | None
     on_restart: Callable[[str, str], None] | None
@@ -245,7 +246,8 @@ class AgentCall:
             # over: the cheaper fallback may afford them all.
             shorter = self.shortened(references, allowance, floor if floor < wanted else None,
                                      keep_one=self.call.role == "aggregate"
-                                     and len(self.q.x.stages[-1].nodes) > 1)
+                                     and any(n not in q.dropped
+                                             for n in q.x.stages[-1].nodes[1:]))
             if shorter is not None and self.try_hold(shorter) is None:
                 if floor < wanted:
                     q.clamped[self.call.id] = floor

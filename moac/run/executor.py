@@ -81,7 +81,7 @@ from moac.run.agent_call import (  # noqa: F401 (retry_sleep and BudgetStop: par
     AgentCall, BudgetStop, Node, attempt_cost, retry_sleep,
 )
 from moac.run.fitting import Cost, floor_tokens
-from moac.text import dollars
+from moac.run.start_fit import Room, StartFit, fit_query
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -132,54 +132,76 @@ class Executor:
                                       seen[same])
                 seen[same] += 1
         self._estimate = _planner_estimate() if estimates else None
-        self._estimates: dict[int, dict[str, Any] | None] = {}
+        self._estimates: dict[Any, dict[str, Any] | None] = {}
+        self.start_fits: dict[Any, StartFit] = {}  # moac.run.start_fit's, per prompt bound
 
-    def final_reserve(self, history: Messages) -> Cost:
+    def final_reserve(self, history: Messages, dropped=()) -> Cost:
         """What a query must keep unheld for its final stage while earlier calls start: the
-        cheaper of the aggregator and its fallback, reading the conversation and its system
-        prompt with no references (they can be cut to nothing) and writing its typical
-        answer. Zero when the budget bounds neither dollars nor TFLOPs."""
-        if self.budget.max_usd is None and self.budget.max_tflops is None:
-            return Cost(0.0, 0.0)
+        cheaper of the aggregator and its fallback (of those not in ``dropped``), reading
+        the conversation and its system prompt with no references (they can be cut to
+        nothing) and writing its typical answer."""
         prompt = messages_max_tokens(history)
         costs = []
         for node_id in self.stages[-1].nodes:
+            if node_id in dropped:
+                continue
             node = self.nodes[node_id]
             reading = input_max_tokens(prompt, system=node.call.system)
             costs.append(Cost.of(node.model, reading,
                                  floor_tokens(node.model, node.call.sampling.max_tokens)))
-        return min(costs, key=lambda c: (c.usd, c.tflops))
+        return min(costs, key=lambda c: (c.usd, c.tflops), default=Cost(0.0, 0.0))
 
-    def estimate_for(self, prompt_tokens: int) -> dict[str, Any] | None:
-        """The planner's expected-case totals for a prompt this long (cached)."""
+    def estimate_for(self, prompt_tokens: int, plan: Plan | None = None
+                     ) -> dict[str, Any] | None:
+        """The planner's expected-case totals for a prompt this long (cached), of the plan
+        or of the sub-plan a query was fit to (``plan``)."""
         if self._estimate is None:
             return None
-        if prompt_tokens not in self._estimates:
+        key = (prompt_tokens, id(plan) if plan is not None else None)
+        if key not in self._estimates:
+            if len(self._estimates) > 4096:
+                self._estimates.clear()
             try:
-                self._estimates[prompt_tokens] = self._estimate(self.plan, prompt_tokens,
-                                                                "expected").as_dict()
+                self._estimates[key] = self._estimate(plan or self.plan, prompt_tokens,
+                                                      "expected").as_dict()
             except Exception:  # noqa: BLE001 - an estimate must never fail a query
-                self._estimates[prompt_tokens] = None
-        return self._estimates[prompt_tokens]
+                self._estimates[key] = None
+        return self._estimates[key]
 
-    def worst_case_usd(self, history: Messages) -> float:
+    def worst_case_usd(self, history: Messages, dropped=()) -> float:
         """A query's dollars if every call writes its ``max_tokens`` (the fallback too,
         after its aggregator wrote all of its own and failed), one attempt per call, every
         prompt at its upper bound: a token per UTF-8 byte of the conversation and the
         templates, and of the answers fed in, each at the most bytes an answer of its
         ``max_tokens`` may hold (:data:`~moac.constants.MAX_ANSWER_BYTES_PER_TOKEN`, which
-        the client enforces). What a run admits a query with."""
+        the client enforces). What a run admits a query with. ``dropped``: calls the query
+        does not make (:mod:`moac.run.start_fit`)."""
+        return self.worst_case(history, dropped).usd
+
+    def worst_case(self, history: Messages, dropped=()) -> Cost:
+        """:meth:`worst_case_usd`, with its TFLOPs. A stage reads the answers of the latest
+        stage before it that runs (as the executor does when a whole layer is dropped)."""
         prompt = messages_max_tokens(history)
-        written: dict[str, int] = {}
-        total = 0.0
-        for node_id, node in self.nodes.items():
-            call = node.call
-            reading = input_max_tokens(prompt, system=call.system, template=call.prompt,
-                                       answers=[written[u] for u in node.inputs])
-            # An answer of max_tokens is read as up to a token a byte of it.
-            written[node_id] = call.sampling.max_tokens * MAX_ANSWER_BYTES_PER_TOKEN
-            total += attempt_cost(node.model, reading, call.sampling.max_tokens)
-        return total
+        answered: list[int] = []
+        usd = tflops = 0.0
+        for layer in self.stages:
+            written = []
+            for node_id in layer.nodes:
+                if node_id in dropped:
+                    continue
+                node = self.nodes[node_id]
+                call = node.call
+                reads = answered if call.prompt is not None else []
+                reading = input_max_tokens(prompt, system=call.system,
+                                           template=call.prompt if reads else None,
+                                           answers=reads)
+                # An answer of max_tokens is read as up to a token a byte of it.
+                written.append(call.sampling.max_tokens * MAX_ANSWER_BYTES_PER_TOKEN)
+                usd += attempt_cost(node.model, reading, call.sampling.max_tokens)
+                tflops += node.model.tflops(reading + call.sampling.max_tokens)
+            if written:
+                answered = written
+        return Cost(usd, tflops)
 
     def remaining_usd(self, history: Messages, outcomes: Mapping[str, CallOutcome],
                       start: int, mode: str = "expected") -> float:
@@ -211,21 +233,20 @@ class Executor:
                   admission: str = "fail",
                   on_progress: Callable[[QueryProgress], None] | None = None) -> QueryResult:
         """Answer ``prompt`` (a string, or a conversation ending with the user's turn).
-        With a run ledger, the query starts only if the run can hold its worst case
-        (:meth:`worst_case_usd`); if not, it fails at once (``admission="fail"``) or
-        :class:`BudgetRefused` is raised (``"raise"``, for a batch that waits and retries)."""
+        Before any call the plan is fit to the query (:mod:`moac.run.start_fit`); with a
+        run ledger the query starts only once the run holds the fitted plan's worst case
+        (:meth:`worst_case_usd`, at most what the query may spend). ``admission``:
+        ``"fail"`` fits the query to what is left of the run as well, and fails it at once
+        when not even its smallest plan fits that; ``"shrink"`` does the same but raises
+        :class:`BudgetRefused` rather than failing (a batch with nothing else in flight: it
+        stops, and leaves the rest to a resume); ``"raise"`` fits it to its own limits and
+        raises :class:`BudgetRefused` when the run cannot hold it now (a batch that waits
+        for the queries in flight and asks again)."""
         history = as_history(prompt)
         query = _Query(self, query_id, history, on_delta, on_restart, on_progress)
-        too_small = query.budget_too_small()
-        if too_small is not None:
-            return query.finish(None, None, failure=too_small)
-        if self.run_ledger is not None:
-            why = query.ledger.admit(self.worst_case_usd(history))
-            if why is not None:
-                if admission == "raise":
-                    raise BudgetRefused(why)
-                query.causes.append(f"not started: {why}")
-                return query.finish(None, None, failure="the run's budget is spent")
+        refused = query.fit_at_start(admission)
+        if refused is not None:
+            return refused
         return await query.under_deadline(query.execute)
 
 
@@ -271,6 +292,9 @@ class _Query:
         self.outcomes: dict[str, CallOutcome] = {}
         self.answered: list[str] = []  # the latest stage's answers: what aggregators read
         self.fit: list[str] = []  # how the plan was fit to this query's budget and context
+        self.dropped: dict[str, str] = {}  # calls the start fit left out, and why
+        self.fitted: dict[str, Any] | None = None  # the start fit's choice (None: none made)
+        self.fit_plan: Plan | None = None  # the sub-plan it chose (None: the declared one)
         self.final_reserve = executor.final_reserve(history)
         self.clamped: dict[str, int] = {}  # node -> max_tokens the budget allowed it
         self.skipped: list[SkippedNode] = []
@@ -304,27 +328,47 @@ class _Query:
         """Go on with another plan whose leading stages this query has run (a route's
         early exit): the answers already paid for feed that plan's next stage."""
         self.x = executor
-        self.final_reserve = executor.final_reserve(self.history)
+        self.final_reserve = executor.final_reserve(self.history, self.dropped)
 
     def note(self, text: str) -> None:
         """Say how the plan was fit to this query (a shrink, a shortened reference)."""
         self.fit.append(text)
 
-    def budget_too_small(self) -> str | None:
-        """Why not even the final stage's smallest answer fits the query's budget (then the
-        query fails before any call), or None."""
-        reserve, budget = self.final_reserve, self.x.budget
-        over = []
-        if budget.max_usd is not None and reserve.usd > budget.max_usd * (1 + 1e-9):
-            over.append(f"up to {dollars(reserve.usd)}, over max_usd {dollars(budget.max_usd)}")
-        if budget.max_tflops is not None and reserve.tflops > budget.max_tflops * (1 + 1e-9):
-            over.append(f"up to {reserve.tflops:,.1f} TFLOPs, over max_tflops "
-                        f"{budget.max_tflops:,.1f}")
-        if not over:
-            return None
-        return ("budget: not even the smallest plan fits (the aggregator answering alone, "
-                "its prompt counted a token a byte, its typical answer) costs "
-                + " and ".join(over) + "; nothing was sent")
+    def fit_at_start(self, admission: str = "fail") -> QueryResult | None:
+        """Fit the plan to this query before its first call (:func:`fit_query`) and have
+        the run admit it (``admission`` as in :meth:`Executor.run`): the failed result when
+        it cannot start, else None."""
+        x, run = self.x, self.x.run_ledger
+        left = run.headroom_usd() if run is not None and admission != "raise" else None
+        room = Room.of(x.budget, left, self.limit_s)
+        fit = fit_query(x, self.history, room)
+        if fit.failure is not None:
+            if not fit.by_run:
+                return self.finish(None, None, failure=fit.failure)
+            if admission == "shrink":
+                raise BudgetRefused(fit.failure)
+            self.causes.append(f"not started: {fit.failure}")
+            return self.finish(None, None, failure="the run's budget is spent")
+        self.dropped = dict(fit.dropped)
+        self.fit.extend(fit.notes)
+        self.fitted = dict(fit.summary) if fit.summary is not None else None
+        self.fit_plan = fit.plan
+        self.final_reserve = x.final_reserve(self.history, self.dropped)
+        if room.by_run:
+            # What the run has left is this query's limit: the aggregator's reserve is
+            # kept against it, as against max_usd.
+            self.ledger.max_usd = room.budget.max_usd
+            self.ledger.label = "share of the run's max_usd_total"
+        if run is not None:
+            worst = x.worst_case_usd(self.history, self.dropped)
+            cap = room.budget.max_usd
+            why = self.ledger.admit(worst if cap is None else min(worst, cap))
+            if why is not None:
+                if admission != "fail":
+                    raise BudgetRefused(why)
+                self.causes.append(f"not started: {why}")
+                return self.finish(None, None, failure="the run's budget is spent")
+        return None
 
     async def execute(self, start: int = 0) -> QueryResult:
         """Stages ``start`` onwards, then the final stage; the query's result."""
@@ -334,6 +378,9 @@ class _Query:
             final = self.x.stages[-1].nodes
             self.progress(self.x.stages[-1], 0, 1)
             for node in final:
+                if node in self.dropped:
+                    self.skip(node, self.dropped[node], left_out=True, note=False)
+                    continue
                 if self.expired:
                     self.skip(node, f"deadline: the query's {self.limit_s:g}s ran out")
                     continue
@@ -344,8 +391,10 @@ class _Query:
                     answer, answered_by = outcome.text, node
                     break
             if answer is None:
-                failure = "the aggregator failed" + (" and so did its fallback"
-                                                     if len(final) > 1 else "")
+                ran = [n for n in final if n not in self.dropped]
+                failure = ("the fallback failed" if final[0] in self.dropped else
+                           "the aggregator failed" + (" and so did its fallback"
+                                                      if len(ran) > 1 else ""))
         return self.finish(answer, answered_by, failure=failure, path=self.path)
 
     async def run_stages(self, start: int, stop: int) -> str | None:
@@ -354,6 +403,10 @@ class _Query:
         stages = self.x.stages
         for index in range(start, stop):
             layer = stages[index]
+            if all(n in self.dropped for n in layer.nodes):  # the start fit dropped it
+                for node in layer.nodes:
+                    self.skip(node, self.dropped[node], left_out=True, note=False)
+                continue
             outcomes = await self.stage(layer)
             ran = [o for o in outcomes if o.status != "skipped"]
             if ran:
@@ -369,7 +422,8 @@ class _Query:
                           f"fit ({' and '.join(kinds)})")
                 continue
             needed = quorum(layer, outcomes)
-            if left_out and ok >= needed:
+            if any(o.left_out and o.node not in self.dropped for o in outcomes) and \
+                    ok >= needed:
                 self.note(f"layer {layer.name} ran {len(outcomes) - left_out} of "
                           f"{len(outcomes)} agents (the rest did not fit), quorum "
                           f"{needed} of them")
@@ -401,7 +455,9 @@ class _Query:
                 self.ledger.spent_usd, self.x.clock() - self.start))
 
     async def stage(self, layer: LayerInfo) -> list[CallOutcome]:
-        tasks = [self.start_task(node) for node in layer.nodes]
+        dropped = {n: self.skip(n, self.dropped[n], left_out=True, note=False)
+                   for n in layer.nodes if n in self.dropped}
+        tasks = [self.start_task(node) for node in layer.nodes if node not in dropped]
         ok = left_out = 0
         pending = set(tasks)
         self.progress(layer, 0, len(tasks))
@@ -428,7 +484,8 @@ class _Query:
                 task.cancel()
             if left:
                 await asyncio.wait(left)
-        return [task.result() for task in tasks]
+        ran = iter(task.result() for task in tasks)
+        return [dropped[n] if n in dropped else next(ran) for n in layer.nodes]
 
     def start_task(self, node: str) -> asyncio.Task:
         task = asyncio.ensure_future(self.guarded(node))
@@ -478,13 +535,15 @@ class _Query:
     # --- records ---------------------------------------------------------------------------
 
     def skip(self, node: str, reason: str, *, cause: bool = True,
-             left_out: bool = False) -> CallOutcome:
+             left_out: bool = False, note: bool = True) -> CallOutcome:
         """Record that a call did not start. ``left_out``: its budget or context left no
-        room for it (the stage shrinks; a reason, not an error, unless the query fails)."""
+        room for it (the stage shrinks; a reason, not an error, unless the query fails);
+        ``note``: say so in the fit notes (the start fit's summary already does)."""
         info = self.x.nodes[node]
         self.skipped.append(SkippedNode(node=node, reason=reason))
         if left_out:
-            self.note(f"{node} left out: {reason.split(' (', 1)[0]}")
+            if note:
+                self.note(f"{node} left out: {reason.split(' (', 1)[0]}")
         elif cause:
             self.causes.append(f"{node}: skipped: {reason}")
         self.write_call(info.call, attempt=0, status="skipped", error=reason)
@@ -544,9 +603,11 @@ class _Query:
             cached_tflops=sum(o.cached_tflops for o in outcomes),
             critical_path=path, critical_path_s=critical, calls=outcomes, errors=errors,
             skipped=self.skipped,
-            estimate=None if self.unrouted else self.x.estimate_for(prompt_tokens),
+            estimate=None if self.unrouted else self.x.estimate_for(prompt_tokens,
+                                                                    self.fit_plan),
             pipeline=None if self.unrouted else self.x.plan.pipeline, route=self.route,
-            decisions=self.decisions, fit=list(self.fit), finish_reason=finish_reason)
+            decisions=self.decisions, fit=list(self.fit), finish_reason=finish_reason,
+            fitted=self.fitted)
         if self.x.trace is not None and not self.finished:
             self.x.trace.write(QueryRecord(
                 run_id=self.x.run_id, query_id=self.query_id,
@@ -558,6 +619,7 @@ class _Query:
                 completion_tokens=result.completion_tokens, tflops=result.tflops,
                 estimate=result.estimate, answer=answer, answered_by=answered_by,
                 errors=errors, skipped=self.skipped, route=self.route,
-                cached_usd=result.cached_usd, fit=result.fit, finish_reason=finish_reason))
+                cached_usd=result.cached_usd, fit=result.fit, finish_reason=finish_reason,
+                fitted=result.fitted))
         self.finished = True
         return result

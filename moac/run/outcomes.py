@@ -82,6 +82,9 @@ class QueryResult:
     # The answer's own finish_reason ("stop"; "length" when max_tokens cut it), as a server
     # returns it; None without an answer.
     finish_reason: str | None = None
+    # How the plan was fit to this query before its first call (moac.run.start_fit): the
+    # sub-plan run, its agents of those declared, what it gave up; None: the declared plan.
+    fitted: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -140,6 +140,9 @@ class QueryRecord(Record):
     cached_usd: float = 0.0  # what the answers from a response cache would have cost
     fit: list[str] = []  # how the plan was fit to this query's budget and contexts
     finish_reason: str | None = None  # the answer's: "length" when its max_tokens cut it
+    # The start fit's choice (the sub-plan, agents kept, what it gave up); None: the
+    # declared plan ran (moac.run.start_fit)
+    fitted: dict[str, Any] | None = None
 
 
 class RouteDecisionRecord(Record):
