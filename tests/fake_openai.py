@@ -14,6 +14,7 @@ Faults are scripted with :class:`Behavior` values::
         ... requests to server.url ("http://127.0.0.1:PORT/v1") ...
         server.requests[0].headers   # every request recorded, secrets redacted
         server.max_in_flight         # the most requests it served at once
+        server.context_limits["m"] = 8192  # past it, 400 context_length_exceeded
 
 Which behavior a request gets: its number's (:meth:`FakeOpenAI.on_request`), else the next
 one queued for its model, else the next queued for any model (:meth:`FakeOpenAI.script`),
@@ -214,6 +215,11 @@ class FakeOpenAI:
         # A provider's rate limit (tests/fake_ratelimit.RateLimit), enforced on every
         # request that would otherwise be answered 200.
         self.rate_limit = None
+        # model id -> its context window: a request whose prompt (counted as its behavior's
+        # ``count`` says) plus max_tokens exceeds it gets the 400 providers send
+        # (context_length_exceeded); each one is kept in ``context_refused``.
+        self.context_limits: dict[str, int] = {}
+        self.context_refused: list[RecordedRequest] = []
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
 
@@ -319,12 +325,31 @@ class FakeOpenAI:
                 behavior = replace(behavior, status=401, echo_auth=True, hang=False)
             elif self.rate_limit is not None and behavior.status == 200 and ok_body:
                 behavior = self._rate_limited(behavior, body)
+            if behavior.status == 200 and ok_body and model in self.context_limits:
+                behavior = self._context_checked(behavior, body, record)
             response = await self._respond(request, body if ok_body else None, behavior, auth)
             record.status = response.status
             return response
         finally:
             self.in_flight -= 1
             record.ended = time.monotonic()
+
+    def _context_checked(self, behavior: Behavior, body: dict,
+                         record: RecordedRequest) -> Behavior:
+        limit = self.context_limits[body["model"]]
+        asked = body.get("max_completion_tokens", body.get("max_tokens"))
+        asked = asked if isinstance(asked, int) else 0
+        prompt = prompt_tokens(body["messages"], behavior.count)
+        if prompt + asked <= limit:
+            return behavior
+        self.context_refused.append(record)
+        return replace(behavior, status=400, latency_s=0.0, error={"error": {
+            "message": f"This model's maximum context length is {limit} tokens. However, you "
+                       f"requested {prompt + asked} tokens ({prompt} in the messages, {asked} "
+                       "in the completion). Please reduce the length of the messages or "
+                       "completion.",
+            "type": "invalid_request_error", "param": "messages",
+            "code": "context_length_exceeded"}})
 
     def _rate_limited(self, behavior: Behavior, body: dict) -> Behavior:
         limit = body.get("max_completion_tokens", body.get("max_tokens"))

@@ -266,7 +266,9 @@ def test_run_total_budget_holds_under_concurrency(tmp_path):
     cases reserved: sixteen queries at once must still stop short of the total, and a query
     is admitted only when the run can hold its worst case, so none is left half-paid. (A
     MoA-Lite query's worst case is about $0.051 here: its aggregator may read six answers of
-    512 tokens at 16 bytes a token, a token a byte; it really costs about $0.009.)"""
+    512 tokens at 16 bytes a token, a token a byte; it really costs about $0.009.) When the
+    queries in flight are done and the next one's worst case does not fit what is left, it
+    is fit to what is left; the batch stops when not even the aggregator alone fits."""
     total = 0.3
 
     async def main():
@@ -284,8 +286,13 @@ def test_run_total_budget_holds_under_concurrency(tmp_path):
     spent = sum(r["cost_usd"] for r in calls)
     assert spent <= total and ledger.spent_usd == pytest.approx(spent)
     assert spent > total / 2  # it did get close
-    assert state.stopped.startswith("budget: this query's worst case")
+    assert state.stopped.startswith("budget: not even the smallest plan fits")
+    assert "over what is left of the run's max_usd_total" in state.stopped
     assert state.not_run > 0 and state.ok > 0 and state.failed == 0
+    queries = [r for r in read_trace(tmp_path / "t.jsonl") if r["type"] == "query"]
+    shrunk = [r for r in queries if r["fitted"] is not None]
+    assert shrunk and all(r["status"] == "ok" for r in shrunk)
+    assert all(r["fitted"]["room_by"].startswith("what is left of the run's") for r in shrunk)
     assert ledger.reserved_usd == pytest.approx(0.0, abs=1e-12)
 
 

@@ -9,7 +9,7 @@ import sys
 from moac.text import dollars
 from moac.cli.common import (
     EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UsageError, add_budget_flags, add_cache_flags, amount,
-    budget_override, cache_report, emit, existing_path, open_cache, pruned_to_budget,
+    budget_override, cache_report, emit, existing_path, open_cache,
 )
 
 
@@ -88,9 +88,10 @@ def add_run_commands(commands) -> None:
 
 
 def cmd_run(args) -> int:
-    """Budget flags reuse ``add_budget_flags``/``budget_override``; a plan over its budget
-    is pruned as ``moac compile`` prunes it, so that both run the same plan. On a route the
-    flags bound each query, and the router keeps to them query by query."""
+    """Budget flags reuse ``add_budget_flags``/``budget_override``: they bound each query,
+    and each query's plan is fit to them when it starts, with its real prompt
+    (:mod:`moac.run.start_fit`; ``moac compile`` prunes for an assumed prompt length). On a
+    route the router keeps to them query by query."""
     import asyncio
 
     from moac.compiler import compile_file
@@ -109,9 +110,7 @@ def cmd_run(args) -> int:
     if isinstance(selected, RouteSpec):
         plan = program.route_plan(selected.name, budget_override(args))
     else:
-        plan = pruned_to_budget(program.plan(selected.name, budget_override(args)))
-        if plan is None:
-            return EXIT_PROBLEMS
+        plan = program.plan(selected.name, budget_override(args))
     try:
         items = None
         if args.prompts is not None:

@@ -101,3 +101,7 @@ REDACTED = "[REDACTED]"
 # A run of this many characters of a key, found anywhere in a text, is redacted: providers'
 # 401 bodies often echo a key's prefix and suffix ("sk-abc1****wxyz").
 MIN_SECRET_FRAGMENT = 8
+# A key shorter than this is refused before any call (naming its variable): no provider's
+# key is this short, and a key is redacted from every message, so a one-character "key"
+# would mangle them all ("conte[REDACTED]t length").
+MIN_API_KEY_CHARS = 8

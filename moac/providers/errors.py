@@ -17,7 +17,9 @@ from typing import Any, Iterable
 
 from pydantic import SecretStr
 
-from moac.providers.constants import MAX_STORED_BODY_CHARS, MIN_SECRET_FRAGMENT, REDACTED
+from moac.providers.constants import (
+    MAX_STORED_BODY_CHARS, MIN_API_KEY_CHARS, MIN_SECRET_FRAGMENT, REDACTED,
+)
 from moac.text import from_bytes, valid_text
 
 # "Authorization: Bearer <token>" echoed back, and key-shaped words (sk-..., possibly with the
@@ -216,27 +218,40 @@ class EmptyAnswer(ProviderError):
 
 
 class MissingApiKey(ProviderError):
-    """The environment variable a provider names holds no key. Names the variable, never
-    a value."""
+    """The environment variable a provider names holds no key, or one that cannot be a key
+    (shorter than :data:`~moac.providers.constants.MIN_API_KEY_CHARS`: it would also be
+    redacted from every message, mangling them). Names the variable, never a value.
+    ``missing``: every (variable, provider); ``short``: those of them that hold a value."""
 
     def __init__(self, variable: str, *, provider: str | None = None,
-                 more: tuple[tuple[str, str | None], ...] = ()) -> None:
+                 more: tuple[tuple[str, str | None], ...] = (),
+                 short: frozenset[str] = frozenset()) -> None:
         self.variable = variable
         self.missing = ((variable, provider),) + tuple(more)  # every (variable, provider)
+        self.short = frozenset(short)
         if not more:
-            text = (f"environment variable {variable} is not set (the API key of provider "
-                    f"{provider!r})")
+            text = f"environment variable {variable} {self._problem(variable)} (the API key " \
+                   f"of provider {provider!r})"
         else:
-            text = (f"{len(self.missing)} environment variables are not set: "
-                    + ", ".join(f"{v} (the API key of provider {p!r})" for v, p in self.missing))
+            what = "are not usable" if self.short else "are not set"
+            text = (f"{len(self.missing)} environment variables {what}: "
+                    + ", ".join(f"{v}{' ' + self._problem(v) if self.short else ''} (the API "
+                                f"key of provider {p!r})" for v, p in self.missing))
         super().__init__(text, provider=provider)
 
+    def _problem(self, variable: str) -> str:
+        if variable in self.short:
+            return (f"holds fewer than {MIN_API_KEY_CHARS} characters, which cannot be an "
+                    "API key (is it set to a placeholder?)")
+        return "is not set"
+
     @classmethod
-    def every(cls, missing: list[tuple[str, str | None]]) -> "MissingApiKey":
-        """One error naming every missing variable (in order, each once)."""
+    def every(cls, missing: list[tuple[str, str | None]],
+              short: frozenset[str] = frozenset()) -> "MissingApiKey":
+        """One error naming every missing (or too short) variable (in order, each once)."""
         unique = list(dict.fromkeys(missing))
         (variable, provider), rest = unique[0], tuple(unique[1:])
-        return cls(variable, provider=provider, more=rest)
+        return cls(variable, provider=provider, more=rest, short=short)
 
 
 class DeadlineExceeded(ProviderError):

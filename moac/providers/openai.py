@@ -50,7 +50,7 @@ from moac.constants import (
 from moac.ir.prompts import messages_max_tokens, messages_tokens, text_max_tokens
 from moac.providers.constants import (
     AUTH_REFUSALS_TO_STOP, DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, MAX_REPORTED_TOKENS,
-    RESPONSE_BYTES_BASE, RESPONSE_BYTES_PER_TOKEN, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
+    MIN_API_KEY_CHARS, RESPONSE_BYTES_BASE, RESPONSE_BYTES_PER_TOKEN, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
 )
 from moac.providers.errors import (
     AuthError, ConnectionFailed, DeadlineExceeded, MalformedResponse, MissingApiKey, ProviderError,
@@ -509,13 +509,15 @@ async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def resolve_api_key(provider: ProviderSpec, environ: Mapping[str, str]) -> SecretStr | None:
     """The provider's key from ``environ``; None when the provider names no variable.
-    Raises :class:`MissingApiKey` naming the variable (never a value) when it is unset or
-    empty. Call it for every provider before the first request: fail fast."""
+    Raises :class:`MissingApiKey` naming the variable (never a value) when it is unset,
+    empty or shorter than :data:`MIN_API_KEY_CHARS`. Call it for every provider before the
+    first request: fail fast."""
     if not provider.api_key_env:
         return None
     value = environ.get(provider.api_key_env, "").strip()
-    if not value:
-        raise MissingApiKey(provider.api_key_env, provider=provider.name)
+    if len(value) < MIN_API_KEY_CHARS:
+        raise MissingApiKey(provider.api_key_env, provider=provider.name,
+                            short=frozenset({provider.api_key_env} if value else ()))
     return SecretStr(value)
 
 

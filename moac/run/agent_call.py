@@ -16,9 +16,11 @@ from moac.ir.prompts import (
     CUT_BY_LENGTH, SHORTENED, render_template, shorten_evenly, text_max_tokens,
 )
 from moac.ir.spec import ModelSpec
-from moac.providers.errors import MalformedResponse, ProviderError
+from moac.providers.errors import ContextLengthExceeded, MalformedResponse, ProviderError
 from moac.providers.openai import Attempt, ChatRequest
-from moac.run.fitting import Cost, Room, floor_tokens, largest_answer, largest_input
+from moac.run.fitting import (
+    Cost, Room, context_refused, floor_tokens, largest_answer, largest_input,
+)
 from moac.run.ledger import BudgetLedger
 from moac.run.outcomes import CallOutcome
 
@@ -278,8 +280,12 @@ class AgentCall:
             result = await q.x.clients[call.provider].chat(
                 request, deadline=q.deadline, on_delta=on_delta, on_attempt=self.attempt)
         except ProviderError as error:
-            outcome.error = f"{call.id}: {error}"
-            self.close_pending(error)
+            text = str(error)
+            if isinstance(error, ContextLengthExceeded):  # never retried: named
+                text = context_refused(self.model, request.max_prompt_tokens(),
+                                       request.answer_limit, text)
+            outcome.error = f"{call.id}: {text}"
+            self.close_pending(error, text)
         else:
             outcome.status, outcome.text = "ok", result.text
             outcome.finish_reason = result.finish_reason
@@ -350,16 +356,17 @@ class AgentCall:
                               record=record, cost=cost, tflops=tflops, error=error,
                               error_body=body)
 
-    def close_pending(self, error: ProviderError) -> None:
-        """The call ended with ``error``: put it on the last attempt's line, or, when no
-        attempt was left unwritten (none started, or a retry was refused), on a line of
-        its own for the attempt that never started."""
+    def close_pending(self, error: ProviderError, text: str | None = None) -> None:
+        """The call ended with ``error`` (said as ``text``): put it on the last attempt's
+        line, or, when no attempt was left unwritten (none started, or a retry was
+        refused), on a line of its own for the attempt that never started."""
         body = error.body if isinstance(error, MalformedResponse) else None
+        text = str(error) if text is None else text
         if self.pending is not None:
-            self.flush_pending(str(error), body)
+            self.flush_pending(text, body)
         else:
             self.q.write_call(self.call, attempt=self.outcome.attempts + 1, status="skipped",
-                              error=str(error))
+                              error=text)
 
     def reserve_retry(self) -> None:
         why = self.q.ledger.reserve(self.worst_usd, self.worst_tflops, keep_usd=self.keep.usd,

@@ -244,9 +244,9 @@ class Executor:
         for the queries in flight and asks again)."""
         history = as_history(prompt)
         query = _Query(self, query_id, history, on_delta, on_restart, on_progress)
-        refused = query.fit_at_start(admission)
-        if refused is not None:
-            return refused
+        failure = query.fit_at_start(admission)
+        if failure is not None:
+            return query.finish(None, None, failure=failure)
         return await query.under_deadline(query.execute)
 
 
@@ -334,21 +334,21 @@ class _Query:
         """Say how the plan was fit to this query (a shrink, a shortened reference)."""
         self.fit.append(text)
 
-    def fit_at_start(self, admission: str = "fail") -> QueryResult | None:
+    def fit_at_start(self, admission: str = "fail") -> str | None:
         """Fit the plan to this query before its first call (:func:`fit_query`) and have
-        the run admit it (``admission`` as in :meth:`Executor.run`): the failed result when
-        it cannot start, else None."""
+        the run admit it (``admission`` as in :meth:`Executor.run`): why it cannot start
+        (the caller finishes it with that failure), else None. Writes nothing."""
         x, run = self.x, self.x.run_ledger
         left = run.headroom_usd() if run is not None and admission != "raise" else None
         room = Room.of(x.budget, left, self.limit_s)
         fit = fit_query(x, self.history, room)
         if fit.failure is not None:
             if not fit.by_run:
-                return self.finish(None, None, failure=fit.failure)
+                return fit.failure
             if admission == "shrink":
                 raise BudgetRefused(fit.failure)
             self.causes.append(f"not started: {fit.failure}")
-            return self.finish(None, None, failure="the run's budget is spent")
+            return "the run's budget is spent"
         self.dropped = dict(fit.dropped)
         self.fit.extend(fit.notes)
         self.fitted = dict(fit.summary) if fit.summary is not None else None
@@ -367,7 +367,7 @@ class _Query:
                 if admission != "fail":
                     raise BudgetRefused(why)
                 self.causes.append(f"not started: {why}")
-                return self.finish(None, None, failure="the run's budget is spent")
+                return "the run's budget is spent"
         return None
 
     async def execute(self, start: int = 0) -> QueryResult:

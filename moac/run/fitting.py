@@ -56,6 +56,16 @@ def largest_input(model: ModelSpec, tokens_out: int, room: Room) -> int:
     return min(by_usd, by_tflops)
 
 
+def context_refused(model: ModelSpec, prompt_bound: int, max_tokens: int, error: str) -> str:
+    """What a provider's ``context_length_exceeded`` means for a request moac had fit to
+    the model's declared context (``prompt_bound`` tokens in at most, ``max_tokens`` out):
+    the model's real context is smaller than declared."""
+    return (f"the input did not fit model {model.name}'s context of "
+            f"{model.context_tokens:,} tokens (as declared; the provider refused at most "
+            f"{prompt_bound:,} tokens in and {max_tokens:,} out: {error}): declare a smaller "
+            f"context for {model.name}, or shorten the prompt")
+
+
 def floor_tokens(model: ModelSpec, max_tokens: int) -> int:
     """The shortest answer worth asking for when a budget or a context forces a shorter one:
     the model's typical answer (its ``length``), or ``max_tokens`` when that is less."""

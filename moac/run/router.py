@@ -8,9 +8,11 @@ Contract of :meth:`RouteExecutor.run`, on top of the executor's:
 
 - **Before any call**, the candidates are estimated for the real prompt's length and the
   pre-call policies choose a target (:func:`planner.route.choose_before_calls`: budget, then
-  pre-route). No candidate fits: the query fails at once, no call made, the decision naming
-  each candidate's excess. With a run budget, the query is admitted on the larger worst case
-  of the target and its early exit.
+  pre-route), within ``max_usd`` or what is left of the run's total when that is less. No
+  candidate fits: the query fails at once, no call made, the decision naming each
+  candidate's excess. A target without an early exit is then fit to the query as a pipeline
+  is (:mod:`moac.run.start_fit`) and admitted as one; with an early exit, the run admits the
+  query on the larger worst case of the target and its early exit.
 - **Agreement.** When a cheaper candidate shares the target's leading stages, those stages
   run once (as the target's), their answers' agreement is measured
   (:func:`planner.agreement.agreement`) and :func:`planner.route.choose_on_agreement`
@@ -42,6 +44,7 @@ from moac.run.executor import (
 )
 from moac.ir import RoutePlan
 from moac.ir.prompts import messages_tokens
+from moac.ir.spec import BudgetSpec
 from moac.traces.trace import RouteDecisionRecord, TraceWriter
 from planner.agreement import agreement
 from planner.quality import QualityModel
@@ -80,19 +83,25 @@ class RouteExecutor:
 
     # --- choosing ----------------------------------------------------------------------------
 
-    def assess(self, prompt_tokens: int) -> list[Candidate]:
-        """The candidates estimated for a prompt this long (cached per length)."""
-        found = self._assessed.get(prompt_tokens)
+    def assess(self, prompt_tokens: int, budget: BudgetSpec | None = None
+               ) -> list[Candidate]:
+        """The candidates estimated for a prompt this long (cached per length and budget)."""
+        budget = budget or self.budget
+        found = self._assessed.get((prompt_tokens, budget))
         if found is None:
             if len(self._assessed) >= _ASSESSMENTS_KEPT:
                 self._assessed.clear()
-            found = assess(self.route_plan.plans, prompt_tokens, self.budget, self.quality)
-            self._assessed[prompt_tokens] = found
+            found = assess(self.route_plan.plans, prompt_tokens, budget, self.quality)
+            self._assessed[(prompt_tokens, budget)] = found
         return found
 
-    def choose(self, history: list[dict]) -> PreCallChoice:
-        """The pre-call choice for a conversation (its last user turn is the query)."""
-        return choose_before_calls(self.route, self.assess(messages_tokens(history)),
+    def choose(self, history: list[dict], run_left: float | None = None) -> PreCallChoice:
+        """The pre-call choice for a conversation (its last user turn is the query), within
+        what is left of the run's total (``run_left``) when that is less than max_usd."""
+        budget = self.budget
+        if run_left is not None and (budget.max_usd is None or run_left < budget.max_usd):
+            budget = budget.model_copy(update={"max_usd": max(run_left, 0.0)})
+        return choose_before_calls(self.route, self.assess(messages_tokens(history), budget),
                                    _last_user_text(history), self.preroute)
 
     def worst_case_usd(self, history: Messages) -> float:
@@ -108,15 +117,27 @@ class RouteExecutor:
         """Choose and answer (see the module docstring); ``admission`` as in
         :meth:`moac.run.executor.Executor.run`."""
         history = as_history(prompt)
-        choice = self.choose(history)
+        run = self.run_ledger
+        choice = self.choose(history, run.headroom_usd() if run is not None
+                             and admission != "raise" else None)
         first = choice.target or next(iter(self.executors))
         query = _Query(self.executors[first], query_id, history, on_delta, on_restart,
                        on_progress)
         query.route = self.route.name
         if choice.target is None:  # nothing fits: no candidate ran, none answered
+            if admission == "shrink":
+                raise BudgetRefused(choice.decisions[-1].reason)
             query.unrouted = True
             self.record_all(query, choice)
             return query.finish(None, None, failure=choice.decisions[-1].reason)
+        if choice.early_exit is None:
+            # The target alone runs: it is fit to the query as a pipeline is (its shared
+            # stages with an early exit must stay as they are, so that one is not).
+            failure = query.fit_at_start(admission)
+            self.record_all(query, choice)
+            if failure is not None:
+                return query.finish(None, None, failure=failure)
+            return await query.under_deadline(query.execute)
         if self.run_ledger is not None:
             possible = [choice.target] + ([choice.early_exit] if choice.early_exit else [])
             why = query.ledger.admit(max(self.executors[name].worst_case_usd(history)

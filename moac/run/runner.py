@@ -319,16 +319,19 @@ class Runner:
 
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
-    async def answer_item(self, item: PromptItem) -> tuple[str, list[QueryResult]]:
+    async def answer_item(self, item: PromptItem, admission: str = "raise"
+                          ) -> tuple[str, list[QueryResult]]:
         """Every turn of an item, each turn seeing the conversation so far. Raises
-        :class:`~moac.run.executor.BudgetRefused` when the run cannot admit the first turn."""
+        :class:`~moac.run.executor.BudgetRefused` when the run cannot admit the first turn
+        (``admission`` as in :meth:`moac.run.executor.Executor.run`; later turns are fit to
+        what is left of the run)."""
         history: list[dict] = []
         results: list[QueryResult] = []
         for number, turn in enumerate(item.turns, 1):
             history.append({"role": "user", "content": turn})
             query_id = item.id if len(item.turns) == 1 else f"{item.id}#{number}"
             result = await self.executor.run(list(history), query_id=query_id,
-                                             admission="raise" if number == 1 else "fail")
+                                             admission=admission if number == 1 else "fail")
             results.append(result)
             if not result.ok:
                 return "failed", results
@@ -388,10 +391,17 @@ class Runner:
         async def answer(item: PromptItem) -> tuple[str, list[QueryResult]] | None:
             """The item's answer, once the run's budget admits it; None if it never will
             (nothing else in flight will free any of the budget)."""
+            admission = "raise"
             while True:
                 try:
-                    return await self.answer_item(item)
+                    return await self.answer_item(item, admission)
                 except BudgetRefused as refusal:
+                    if in_flight[0] == 1 and admission == "raise":
+                        # Nothing in flight will free any of the run's budget: fit this
+                        # query to what is left of it (it stops the batch if not even its
+                        # smallest plan fits).
+                        admission = "shrink"
+                        continue
                     if in_flight[0] == 1:
                         state.stopped = refusal.reason
                         return None
@@ -489,10 +499,12 @@ def resolve_keys(plans: Sequence[Plan | RoutePlan],
                  environ: Mapping[str, str]) -> dict[str, Any]:
     """Every provider's key (by provider name; None for one that needs none), after
     checking every local model is installed. Raises one
-    :class:`~moac.providers.errors.MissingApiKey` naming *every* missing variable of every
-    plan, so that a run needing two keys says so once, before any call."""
+    :class:`~moac.providers.errors.MissingApiKey` naming *every* missing (or too short to be
+    a key) variable of every plan, so that a run needing two keys says so once, before any
+    call."""
     keys: dict[str, Any] = {}
     missing: list[tuple[str, str | None]] = []
+    short: set[str] = set()
     for plan in plans:
         for provider in plan.providers.values():
             if provider.kind == "local":
@@ -507,8 +519,9 @@ def resolve_keys(plans: Sequence[Plan | RoutePlan],
                 keys[provider.name] = resolve_api_key(provider, environ)
             except MissingApiKey as error:
                 missing.extend(error.missing)
+                short |= error.short
     if missing:
-        raise MissingApiKey.every(missing)
+        raise MissingApiKey.every(missing, frozenset(short))
     return keys
 
 
@@ -557,6 +570,9 @@ def default_answers_path(prompts_path: str, pipeline: str) -> str:
 def summary_line(result: QueryResult) -> str:
     """The one line ``moac run --prompt`` prints on standard error."""
     routed = [f"routed to {result.pipeline}"] if result.route and result.pipeline else []
+    fitted = result.fitted
+    routed += [f"fit to {fitted['plan']} ({fitted['agents']} of {fitted['declared_agents']} "
+               "agents)"] if fitted else []
     # A cut answer says so next to its status: it must not pass for a complete one.
     cut = ["answer cut at max_tokens (finish_reason length)"] if result.truncated else []
     parts = [result.status] + cut + routed + [
