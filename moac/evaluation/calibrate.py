@@ -468,7 +468,8 @@ def compare_estimates(queries: list[dict], plans: dict[str, dict[str, dict]],
         plan = plans.get(query.get("run_id"), {}).get(query.get("pipeline"))
         prompt = _number(before.get("prompt_tokens")) if isinstance(before, dict) else None
         if (query.get("status") != "ok" or plan is None or prompt is None
-                or before.get("mode", "expected") != "expected"):
+                or before.get("mode", "expected") != "expected"
+                or query.get("fitted")):  # a sub-plan ran, not the header's plan
             continue
         key = (query["run_id"], query["pipeline"])
         if key not in rebuilt:
