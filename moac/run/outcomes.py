@@ -28,6 +28,8 @@ class CallOutcome:
     cached_usd: float = 0.0     # what its answers from a response cache would have cost
     cached_tflops: float = 0.0
     left_out: bool = False      # skipped for its budget or context: the stage shrinks
+    reasoning: str = ""         # the thinking it showed (never read by a later call unless asked)
+    reasoning_tokens: int = 0   # of its completion tokens
 
     @property
     def ok(self) -> bool:
@@ -79,6 +81,7 @@ class QueryResult:
     route: str | None = None      # the route that chose it, if any
     decisions: list[dict[str, Any]] = field(default_factory=list)  # the route's steps
     fit: list[str] = field(default_factory=list)  # how the plan was fit to its budget/context
+    reasoning: str | None = None  # the answering call's thinking, apart from the answer
 
     @property
     def ok(self) -> bool:
