@@ -211,11 +211,8 @@ def parse_completion(body: bytes, where: Where) -> tuple[str, str | None, dict |
 def reasoning_field(message: dict) -> str:
     """The thinking a message or a stream delta carries beside its content
     (``reasoning_content``, DeepSeek's and vLLM's name, or ``reasoning``, OpenRouter's)."""
-    for name in ("reasoning_content", "reasoning"):
-        value = message.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return ""
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
 
 
 def reasoning_tokens(usage: dict | None) -> int | None:
@@ -305,12 +302,15 @@ class StreamState:
             return ""
         if delta.get("refusal"):
             self.refusal = True
-        self._reason(reasoning_field(delta))
+        thought = reasoning_field(delta)
+        if thought:
+            self._reason(thought)
         content = delta.get("content")
         if isinstance(content, str):
             self.saw_content = True
             thought, content = self._splitter.feed(content)
-            self._reason(thought)
+            if thought:
+                self._reason(thought)
             if content:
                 self.parts.append(content)
                 return content
