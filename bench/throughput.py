@@ -3,7 +3,8 @@
     python bench/throughput.py [--only NAME ...] [--baseline] [--latency-ms 50]
 
 MoA-Lite batches (examples/moa_lite.moa: six proposers and an aggregator, 7 calls a query)
-at concurrency 16 against the tests' fake server (tests/fake_openai.py) enforcing a limit as
+at concurrency 16 against the tests' fake server (tests/fake_openai.py, in a process of its
+own, answers of 200 tokens after 50 ms) enforcing a limit as
 providers do (tests/fake_ratelimit.py: per-second buckets, OpenAI's x-ratelimit-* headers
 on every answer, 429 with Retry-After past the limit). For each scenario: queries answered,
 wall time against the time the limit allows (its calls at the limit's rate, the first
@@ -18,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
+import contextlib
+import json
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +35,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import aiohttp  # noqa: E402
-from fake_openai import Behavior, serve_in_thread  # noqa: E402
-from fake_ratelimit import RateLimit  # noqa: E402
 
 import moac  # noqa: E402
 from moac.run import PromptItem, Runner  # noqa: E402
@@ -126,26 +129,57 @@ async def blind_batch(url: str, plan, queries: int) -> tuple[int, float]:
         return sum(done), time.monotonic() - started
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def fake_provider(s: Scenario, latency_s: float):
+    """The fake server in a process of its own (so its CPU is not the client's), limited
+    as the scenario says; yields its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.fake_openai", "--port", str(port), "--api-key", KEY,
+            "--latency-ms", str(latency_s * 1000), "--tokens", "200", "--rpm", str(s.rpm)]
+    if s.tpm:
+        argv += ["--tpm", str(s.tpm)]
+    if not s.headers:
+        argv.append("--no-rate-headers")
+    server = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        server.stdout.readline()  # "fake OpenAI server at ..."
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def stats(url: str) -> dict:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as response:
+        return json.load(response)["rate_limit"]
+
+
 def run(s: Scenario, *, latency_s: float, baseline: bool) -> None:
     for who in ("moac", "blind") if baseline else ("moac",):
-        with serve_in_thread(api_key=KEY, keep_requests=False,
-                             default=Behavior(latency_s=latency_s, tokens=200)) as server:
-            server.rate_limit = limit = RateLimit(s.rpm, tpm=s.tpm, headers=s.headers)
-            plan = plan_for(server.url)
+        with fake_provider(s, latency_s) as url:
+            plan = plan_for(url)
             with tempfile.TemporaryDirectory() as tmp:
                 if who == "moac":
                     ok, wall = asyncio.run(moac_batch(plan, s.queries, Path(tmp) / "a.jsonl"))
                 else:
-                    ok, wall = asyncio.run(blind_batch(server.url, plan, s.queries))
+                    ok, wall = asyncio.run(blind_batch(url, plan, s.queries))
+            limit = stats(url)
         calls = s.queries * CALLS_PER_QUERY
-        # Tokens charged per query (prompt estimates are small beside max_tokens).
+        # Tokens charged per query: each call's prompt and max_tokens (512 a proposer, 2,048
+        # the aggregator), the aggregator's prompt holding the six answers.
         tokens = s.queries * (6 * (512 + 30) + 2048 + 6 * 200 + 60)
         need = allowed_s(s, calls, tokens)
-        sent = limit.admitted + limit.refused
+        refused, sent = limit["refused"], limit["admitted"] + limit["refused"]
         print(f"{s.name:<20} {who:<6} {ok:>4}/{s.queries:<4} answered  {wall:6.1f} s = "
               f"{wall / need if need else float('nan'):4.2f} x the {need:5.1f} s the limit "
-              f"allows  {limit.refused:>5} of {sent:>5} requests refused "
-              f"({100 * limit.refused / max(sent, 1):4.1f} %)", flush=True)
+              f"allows  {refused:>5} of {sent:>5} requests refused "
+              f"({100 * refused / max(sent, 1):4.1f} %)", flush=True)
 
 
 def main() -> None:
