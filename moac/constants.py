@@ -30,6 +30,21 @@ DEFAULT_OUTPUT_TOKENS_PER_S = 30.0
 # Prompt processing is an order of magnitude faster than generation on served models.
 DEFAULT_PREFILL_TOKENS_PER_S = 2000.0
 DEFAULT_ANSWER_TOKENS = 400
+# A reasoning model's thinking before its answer, where its profile declares no `thinking`:
+# OpenAI's o-series and GPT-5 at medium effort think a few hundred to several thousand
+# tokens a question.
+DEFAULT_THINKING_TOKENS = 2000
+
+# --- reasoning models' parameters (kind = openai) --------------------------------------------
+# Model ids of OpenAI's reasoning families (o1, o3-mini, o4-mini, gpt-5, gpt-5.1, ...: the id
+# itself or the id followed by '-', '.' or ':'), whose API takes `max_completion_tokens`, no
+# `temperature` or `top_p`, and `reasoning_effort`. Ids with a vendor prefix ("openai/o3",
+# routers translating parameters themselves) do not match.
+OPENAI_REASONING_MODEL_IDS = r"(?i)(o1|o3|o4|gpt-5)([-.:].*)?"
+# `reasoning_effort` values moac passes on (the provider refuses those a model lacks).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# How a reference reads with `references = with_reasoning`: the thinking, then the answer.
+REASONING_REFERENCE = "<think>\n{reasoning}\n</think>\n\n{answer}"
 
 # --- providers -----------------------------------------------------------------------
 DEFAULT_PARALLEL = 8

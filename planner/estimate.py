@@ -7,6 +7,9 @@ tokens and a mode; it reads only the plan (its calls, models and providers).
   with the answers it is fed (:func:`moac.ir.prompts.input_tokens`). It writes its model's typical
   answer (``answer_tokens``) capped by its ``max_tokens`` in the *expected* mode, and exactly
   ``max_tokens`` in the *worst* mode, where every answer it reads is at its cap as well.
+  A reasoning model thinks first (``thinking_tokens``, within the same ``max_tokens``): its
+  thinking is billed and timed as output, but a later call reads the answer alone
+  (:meth:`moac.ir.spec.ModelSpec.expected_output`).
 - **Dollars** from the per-million prices of input and output tokens.
 - **TFLOPs** = 2 x active parameters x (input + output tokens): parameters are held in
   billions, so ``2 * active_params_b * tokens / 1000`` (1e9 / 1e12).
@@ -44,7 +47,7 @@ class CallEstimate:
     model: str
     provider: str
     input_tokens: int
-    output_tokens: int
+    output_tokens: int  # billed: a reasoning model's thinking included
     usd: float
     tflops: float
     seconds: float
@@ -72,10 +75,19 @@ class Estimate:
 
 
 def output_tokens(model: ModelSpec, sampling: Sampling, mode: Mode) -> int:
-    """Tokens a call writes: its model's typical answer capped by ``max_tokens``, or the cap."""
+    """Tokens of a call's answer (what a later call reads): its model's typical answer
+    within ``max_tokens`` (after its thinking), or the cap."""
     if mode == "worst":
         return sampling.max_tokens
-    return min(model.answer_tokens, sampling.max_tokens)
+    return model.expected_output(sampling.max_tokens)[1]
+
+
+def billed_tokens(model: ModelSpec, sampling: Sampling, mode: Mode) -> int:
+    """Completion tokens a call is billed and takes time to write: its thinking and its
+    answer within ``max_tokens``, or the cap."""
+    if mode == "worst":
+        return sampling.max_tokens
+    return model.expected_output(sampling.max_tokens)[0]
 
 
 def call_cost(model: ModelSpec, tokens_in: int, tokens_out: int) -> tuple[float, float, float]:
@@ -115,8 +127,8 @@ def estimate(plan: "Plan", prompt_tokens: int = ASSUMED_PROMPT_TOKENS,
             answers = [written[u] for u in plan.inputs(node)]
             tokens_in = input_tokens(prompt_tokens, system=call.system, template=call.prompt,
                                      answers=answers)
-            tokens_out = output_tokens(model, call.sampling, mode)
-            written[node] = tokens_out
+            tokens_out = billed_tokens(model, call.sampling, mode)
+            written[node] = output_tokens(model, call.sampling, mode)
             usd, tflops, seconds = call_cost(model, tokens_in, tokens_out)
             counted = call.role != "fallback" or mode == "worst"
             calls.append(CallEstimate(node, layer.name, call.model, call.provider, tokens_in,

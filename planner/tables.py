@@ -18,7 +18,7 @@ import numpy as np
 from moac.ir.prompts import input_tokens
 
 from planner import constants as k
-from planner.estimate import Mode, output_tokens
+from planner.estimate import Mode, billed_tokens, output_tokens
 from planner.quality import MoaQualityModel
 from planner.subplan import final_calls, intermediate
 
@@ -32,7 +32,8 @@ PER_ANSWER = input_tokens(0, template="", answers=(0,)) - input_tokens(0, templa
 @dataclass
 class Agents:
     """Per-agent vectors: input tokens without answers (as a first layer and after one),
-    output tokens, $ per input / output token, TFLOPs per token, speeds, priors."""
+    output tokens (billed: thinking included), $ per input / output token, TFLOPs per token,
+    speeds, priors, and the answer tokens a later layer reads."""
 
     base_first: np.ndarray
     base_next: np.ndarray
@@ -46,6 +47,7 @@ class Agents:
     prior: np.ndarray
     unknown: np.ndarray  # True where the model declares no quality (its prior is assumed)
     groups: list[tuple[int, np.ndarray]]  # (parallel limit, agent indices) per provider
+    answer: np.ndarray  # of `out`, the answer: what a later layer reads
 
     def costs(self, tokens_in):
         """(usd, tflops, seconds) per agent for input token counts ``tokens_in``."""
@@ -84,7 +86,9 @@ def agents_of(plan: "Plan", calls: list["CallNode"], prompt_tokens: int, mode: M
                             float),
         base_next=np.array([input_tokens(prompt_tokens, system=c.system,
                                          template=c.prompt or template) for c in calls], float),
-        out=np.array([output_tokens(m, c.sampling, mode) for m, c in zip(models, calls)], float),
+        out=np.array([billed_tokens(m, c.sampling, mode) for m, c in zip(models, calls)], float),
+        answer=np.array([output_tokens(m, c.sampling, mode) for m, c in zip(models, calls)],
+                        float),
         # Per-token rates from the one cost formula (ModelSpec.usd, ModelSpec.tflops).
         pin=np.array([m.usd(1, 0) for m in models]),
         pout=np.array([m.usd(0, 1) for m in models]),
@@ -125,7 +129,7 @@ def layer_tables(plan: "Plan", prompt_tokens: int, mode: Mode,
             name=info.name, calls=calls, agents=agents, masks=masks, bits=bits,
             count=bits.sum(axis=1), distinct=np.asarray(distinct, float),
             prior_sum=bits @ agents.prior, unknown=(bits @ agents.unknown) > 0,
-            written=bits @ (agents.out + PER_ANSWER)))
+            written=bits @ (agents.answer + PER_ANSWER)))
     return tables
 
 

@@ -16,6 +16,15 @@ Faults are scripted with :class:`Behavior` values::
         server.max_in_flight         # the most requests it served at once
         server.context_limits["m"] = 8192  # past it, 400 context_length_exceeded
 
+Reasoning models (``Behavior(reasoning=...)``) think ``reasoning_tokens`` words of
+:data:`THOUGHT_WORDS` before the usual answer, shown inline (``<think>...</think>`` opening
+the content), in a field of their own (``reasoning_content`` or ``reasoning``, in the message
+and the stream's deltas) or not at all (``hidden``: only ``usage`` counts them). The limit
+(``max_completion_tokens``, else ``max_tokens``) bounds thinking and answer together, the
+thinking first. ``openai_rules`` answers as OpenAI's o-series does: a 400
+``unsupported_parameter`` to ``max_tokens`` or ``top_p``, ``unsupported_value`` to a
+temperature other than 1.
+
 Which behavior a request gets: its number's (:meth:`FakeOpenAI.on_request`), else the next
 one queued for its model, else the next queued for any model (:meth:`FakeOpenAI.script`),
 else its model's default, else the default. :data:`NOT_ANSWERS` names models whose answers
@@ -48,6 +57,8 @@ DEFAULT_TOKENS = 8
 # Multi-byte UTF-8 (2, 3 and 4 bytes) and a raw U+2028, which str.splitlines() would break on.
 WORDS = ("alpha", "béta", "γάμμα", "日本語", "emoji🙂", "line\u2028sep", "naïve", "zeta")
 _REDACT_HEADERS = ("authorization", "api-key", "x-api-key", "cookie", "proxy-authorization")
+# What reasoning models think in: words no answer holds (see WORDS), so a test can tell.
+THOUGHT_WORDS = ("ponder", "weigh", "recall", "doubt")
 
 
 def answer_tokens(model: str, messages: Any, tokens: int = DEFAULT_TOKENS) -> list[str]:
@@ -112,6 +123,10 @@ class Behavior:
     html_200: bool = False            # a proxy's HTML page with status 200
     filter_after: int | None = None   # this many tokens, then finish_reason content_filter
     refusal: str | None = None        # a `refusal` in place of content (content null)
+    reasoning: str | None = None      # it thinks first: "inline", "field" or "hidden"
+    reasoning_tokens: int = 0         # how long (before the limit cuts it)
+    reasoning_field: str = "reasoning_content"  # the field's name ("reasoning": OpenRouter's)
+    openai_rules: bool = False        # OpenAI's reasoning-model parameters (400s otherwise)
 
     @classmethod
     def rate_limited(cls, retry_after: float | str | None = 1, *,
@@ -274,6 +289,7 @@ class FakeOpenAI:
         self._closing = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/stats", self._stats)
         # Cancel a handler when its client goes away (hangs and stalls end with the client);
         # a short shutdown so a hanging handler cannot hold up stop().
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5,
@@ -298,6 +314,14 @@ class FakeOpenAI:
         await self.stop()
 
     # --- serving -----------------------------------------------------------------------------
+    async def _stats(self, request: web.Request) -> web.Response:
+        """Counters, for a benchmark that runs the server in a process of its own."""
+        limit = self.rate_limit
+        return web.json_response({
+            "requests": self._count, "max_in_flight": self.max_in_flight,
+            "rate_limit": None if limit is None else {"admitted": limit.admitted,
+                                                      "refused": limit.refused}})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self._count += 1
         number = self._count
@@ -386,6 +410,9 @@ class FakeOpenAI:
         if body is None:
             return web.json_response({"error": {"message": "expected a JSON body with messages",
                                                 "type": "invalid_request_error"}}, status=400)
+        refusal = _openai_refusal(body) if b.openai_rules else None
+        if refusal is not None:
+            return web.json_response(refusal, status=400, headers=headers)
         if b.html_200:
             return web.Response(text="<html><head><title>502 Bad Gateway</title></head><body>"
                                      "<h1>502 Bad Gateway</h1><hr>nginx</body></html>",
@@ -397,15 +424,24 @@ class FakeOpenAI:
         tokens = answer_tokens(model, body["messages"], b.tokens) if text is None \
             else [word for word in re.split(r"(?=\s)", text) if word]
         finish = b.finish_reason or "stop"
-        max_tokens = body.get("max_tokens")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        thought = thought_tokens(model, body["messages"], b)
         if b.flood_bytes is not None:
             tokens = ["x" * 1000] * (b.flood_bytes // 1000)
-        elif isinstance(max_tokens, int) and max_tokens < len(tokens):
-            tokens, finish = tokens[:max_tokens], b.finish_reason or "length"
+        elif isinstance(max_tokens, int) and max_tokens < len(thought) + len(tokens):
+            thought = thought[:max_tokens]
+            tokens = tokens[:max_tokens - len(thought)]
+            finish = b.finish_reason or "length"
         if b.filter_after is not None:
             tokens, finish = tokens[:b.filter_after], "content_filter"
         usage = {"prompt_tokens": prompt_tokens(body["messages"], b.count),
-                 "completion_tokens": len(tokens)}
+                 "completion_tokens": len(thought) + len(tokens)}
+        if b.reasoning in ("field", "hidden"):
+            usage["completion_tokens_details"] = {"reasoning_tokens": len(thought)}
+        if b.reasoning == "inline":  # the thinking is part of the content
+            tokens, thought = thought + tokens, []
+        elif b.reasoning == "hidden":
+            thought = []
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if b.claim_usage is not None:
             usage = dict(b.claim_usage)
@@ -417,7 +453,7 @@ class FakeOpenAI:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, b, base, tokens, finish,
                                       usage if include_usage and not b.missing_usage else None,
-                                      headers)
+                                      headers, thought)
         if b.malformed:
             return web.Response(text='{"id": "chatcmpl-fake", "choices": [{"mess',
                                 content_type="application/json", headers=headers)
@@ -431,13 +467,16 @@ class FakeOpenAI:
                 "role": "assistant", "content": None if b.null_content else "".join(tokens)}}]
             if b.refusal is not None:
                 answer["choices"][0]["message"].update(content=None, refusal=b.refusal)
+            if thought:
+                answer["choices"][0]["message"][b.reasoning_field] = "".join(thought)
         if not b.missing_usage:
             answer["usage"] = usage
         return web.Response(text=json.dumps(answer, ensure_ascii=b.ascii_json), headers=headers,
                             content_type="application/json")
 
     async def _stream(self, request: web.Request, b: Behavior, base: dict, tokens: list[str],
-                      finish: str, usage: dict | None, headers: dict) -> web.StreamResponse:
+                      finish: str, usage: dict | None, headers: dict,
+                      thought: list[str] = ()) -> web.StreamResponse:
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -468,6 +507,10 @@ class FakeOpenAI:
                 {"index": 0, "delta": delta, "finish_reason": finish_reason}]}
 
         await event(chunk({"role": "assistant", "content": None if b.null_content else ""}))
+        for word in thought:  # a reasoning field's deltas, before the answer's
+            if b.token_delay_s:
+                await asyncio.sleep(b.token_delay_s)
+            await event(chunk({b.reasoning_field: word}))
         if b.refusal is not None:
             await event(chunk({"refusal": b.refusal}))
             tokens = []
@@ -499,6 +542,33 @@ class FakeOpenAI:
         await write(f"data: [DONE]{eol}{eol}")
         await response.write_eof()
         return response
+
+
+def thought_tokens(model: str, messages: Any, b: Behavior) -> list[str]:
+    """What a reasoning model thinks (``b.reasoning_tokens`` tokens; inline, its tags
+    count among them), before any limit cuts it."""
+    if b.reasoning is None:
+        return []
+    words = [" " + THOUGHT_WORDS[i % len(THOUGHT_WORDS)] for i in range(b.reasoning_tokens)]
+    return ["<think>", *words, "</think>", "\n\n"] if b.reasoning == "inline" else words
+
+
+def _openai_refusal(body: dict) -> dict | None:
+    """The 400 body OpenAI's reasoning models answer a request they refuse with, or None."""
+    def error(message: str, param: str, code: str) -> dict:
+        return {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                          "code": code}}
+    for param, instead in (("max_tokens", " Use 'max_completion_tokens' instead."),
+                           ("top_p", "")):
+        if param in body:
+            return error(f"Unsupported parameter: '{param}' is not supported with this "
+                         f"model.{instead}", param, "unsupported_parameter")
+    temperature = body.get("temperature", 1)
+    if temperature != 1:
+        return error(f"Unsupported value: 'temperature' does not support {temperature} with "
+                     "this model. Only the default (1) value is supported.", "temperature",
+                     "unsupported_value")
+    return None
 
 
 @contextlib.contextmanager
@@ -540,16 +610,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS)
     parser.add_argument("--rpm", type=float, help="enforce a rate limit (see fake_ratelimit)")
+    parser.add_argument("--tpm", type=float, help="and a tokens-per-minute limit")
     parser.add_argument("--no-rate-headers", action="store_true")
+    parser.add_argument("--api-key", help="answer 401 to any other key")
     args = parser.parse_args(argv)
     behavior = Behavior(latency_s=args.latency_ms / 1000, token_delay_s=args.token_delay_ms / 1000,
                         tokens=args.tokens)
 
     async def serve() -> None:
-        async with FakeOpenAI(default=behavior, host=args.host, port=args.port) as server:
+        async with FakeOpenAI(default=behavior, host=args.host, port=args.port,
+                              api_key=args.api_key, keep_requests=False) as server:
             if args.rpm:
                 from tests.fake_ratelimit import RateLimit
-                server.rate_limit = RateLimit(args.rpm, headers=not args.no_rate_headers)
+                server.rate_limit = RateLimit(args.rpm, tpm=args.tpm,
+                                              headers=not args.no_rate_headers)
             print(f"fake OpenAI server at {server.url}", flush=True)
             await asyncio.Event().wait()
 

@@ -14,7 +14,7 @@ import moac
 from moac.ir.prompts import input_tokens
 from moac.ir.spec import BudgetSpec
 from planner import NothingFits, estimate, optimize, prune
-from planner.estimate import call_cost, fits, makespan, output_tokens
+from planner.estimate import billed_tokens, call_cost, fits, makespan, output_tokens
 from planner.quality import MoaQualityModel
 from planner.subplan import Choice, build, final_calls, full_choice, intermediate
 
@@ -41,6 +41,8 @@ def pipelines(draw, max_layers=4, max_agents=5, max_total=12):
                   f"{draw(st.integers(10, 90))} tok/s, {draw(st.integers(500, 4000))} tok/s prefill",
                   f"  length = {draw(st.integers(50, 900))} tok"]
         lines += [f"  quality = {quality}"] if quality is not None else []
+        if draw(st.booleans()) and draw(st.booleans()):  # a reasoning model: it thinks first
+            lines.append(f"  thinking = {draw(st.integers(0, 1500))} tok")
         lines.append("}")
     sizes = draw(st.lists(st.integers(1, max_agents), min_size=0, max_size=max_layers))
     while sum(sizes) > max_total:
@@ -86,7 +88,7 @@ def evaluate(plan, choice, mode, prompt=256):
             tokens = input_tokens(prompt, system=c.system,
                                   template=c.prompt if previous_tokens is not None else None,
                                   answers=previous_tokens or ())
-            u, f, s = call_cost(model, tokens, out)
+            u, f, s = call_cost(model, tokens, billed_tokens(model, c.sampling, mode))
             usd, tfl = usd + u, tfl + f
             times.setdefault(c.provider, []).append(s)
             written.append(out)
@@ -104,7 +106,7 @@ def evaluate(plan, choice, mode, prompt=256):
         tokens = input_tokens(prompt, system=c.system,
                               template=c.prompt if previous_tokens is not None else None,
                               answers=previous_tokens or ())
-        u, f, s = call_cost(model, tokens, output_tokens(model, c.sampling, mode))
+        u, f, s = call_cost(model, tokens, billed_tokens(model, c.sampling, mode))
         usd, tfl, lat = usd + u, tfl + f, lat + s
     prior = QUALITY.prior(plan.models[aggregator.model])
     q = prior if potential is None else float(QUALITY.write(prior, potential))

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from moac import constants
 from moac.lang import ast
+from moac.checks.model_api import API_KEYS, API_READERS, api_defaults
 from moac.checks.state import CheckState
 from moac.checks.values import Reader, read_each, read_file_blocks
 from moac.ir.spec import BudgetSpec, ModelSpec, ProviderSpec
@@ -19,7 +20,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 PROVIDER_KEYS = ("kind", "base_url", "api_key", "parallel", "rpm", "tpm", "timeout",
                  "connect_timeout", "read_timeout", "max_retries", "model_path")
-MODEL_KEYS = ("price", "params", "context", "speed", "quality", "length")
+MODEL_KEYS = ("price", "params", "context", "speed", "quality", "length") + API_KEYS
 BUDGET_KEYS = ("max_usd", "max_latency", "max_tflops", "mode", "on_over_budget")
 
 
@@ -167,6 +168,7 @@ def _read_model(state: CheckState, reader: Reader, node: ast.Model) -> ModelSpec
             fields.update(result)
     if not ok or provider is None:
         return None
+    api_defaults(fields, provider)
     fields.setdefault("usd_per_m_input", 0.0)
     fields.setdefault("usd_per_m_output", 0.0)
     fields.setdefault("total_params_b", fields["active_params_b"])
@@ -273,6 +275,7 @@ _MODEL_READERS = {
     "context": _one("context_tokens", "tokens", 1, integer=True),
     "quality": _one("quality", "percent", 0, 100),
     "length": _one("answer_tokens", "tokens", 1, integer=True),
+    **API_READERS,
 }
 
 

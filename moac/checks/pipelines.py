@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 
 from moac import constants
 from moac.lang import ast
+from moac.checks.model_api import check_agent_options
 from moac.checks.state import AgentSite, CheckState, suggest
 from moac.checks.templates import check_template
 from moac.checks.values import Reader
 from moac.ir.spec import AgentSpec, LayerSpec, PipelineSpec, Sampling
 
-SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "seed", "system")
-PIPELINE_KEYS = SAMPLING_KEYS + ("min_ok", "prompt")
+SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "seed", "system", "reasoning_effort")
+PIPELINE_KEYS = SAMPLING_KEYS + ("min_ok", "prompt", "references")
 LAYER_KEYS = PIPELINE_KEYS
-AGGREGATE_KEYS = SAMPLING_KEYS + ("prompt",)
+AGGREGATE_KEYS = SAMPLING_KEYS + ("prompt", "references")
+REFERENCES = ("answer", "with_reasoning")
 
 # The final stage of every plan is called "aggregate" (see moac.ir.lower).
 RESERVED_LAYER_NAMES = ("aggregate", "fallback")
@@ -217,6 +219,10 @@ class _Resolver:
             return reader.integer(value, key, minimum=0)
         if key == "min_ok":
             return reader.integer(value, key, minimum=1)
+        if key == "reasoning_effort":
+            return reader.choice(value, key, constants.REASONING_EFFORTS)
+        if key == "references":
+            return reader.choice(value, key, REFERENCES)
         if key in ("system", "prompt"):
             text = reader.string(value, key)
             if text is not None and key == "prompt" and not check_template(reader, value,
@@ -261,6 +267,10 @@ class _Resolver:
                               where, setting.span)
             self.ok = False
         prompt = self._prompt(options, index > 0, what, reader)
+        if "references" in options and index == 0:
+            reader.report("E403", f"{what} receives no earlier answers, so its 'references' "
+                          "is never used", options["references"][1].key.span)
+            self.ok = False
         if not self.ok:
             return None
         return LayerSpec(name=layer.name.name, agents=tuple(agents), min_ok=min_ok,
@@ -292,6 +302,8 @@ class _Resolver:
         options = self._options(reader, agent.options, SAMPLING_KEYS,
                                 f"agent '{agent.model.name}'",
                                 copies if agent.copies is not None else None)
+        if not check_agent_options(reader, self.state.model_specs[agent.model.name], options):
+            return None
         specs = []
         for copy in range(copies):
             self.state.agent_sites[(self.name, layer, first + copy)] = AgentSite(
@@ -312,6 +324,8 @@ class _Resolver:
             return None, None
         options = self._options(reader, agent.options, AGGREGATE_KEYS,
                                 f"{role} '{agent.model.name}'", None)
+        if not check_agent_options(reader, self.state.model_specs[agent.model.name], options):
+            self.ok = False
         prompt = self._prompt(options, has_inputs, f"{role} '{agent.model.name}'", reader)
         self.state.agent_sites[(self.name, slot, 0)] = AgentSite(path, agent.span)
         return self._agent_spec(agent.model.name, 0, options, {}), prompt
@@ -338,5 +352,7 @@ class _Resolver:
 
         sampling = Sampling(temperature=pick("temperature", constants.DEFAULT_TEMPERATURE),
                             max_tokens=pick("max_tokens", constants.DEFAULT_MAX_TOKENS),
-                            top_p=pick("top_p", None), seed=pick("seed", None))
-        return AgentSpec(model=model, sampling=sampling, system=pick("system", None))
+                            top_p=pick("top_p", None), seed=pick("seed", None),
+                            reasoning_effort=pick("reasoning_effort", None))
+        return AgentSpec(model=model, sampling=sampling, system=pick("system", None),
+                         references=pick("references", "answer"))

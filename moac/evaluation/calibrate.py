@@ -11,9 +11,11 @@ Contract of :func:`calibrate` (and :func:`calibrate_records`, its pure core):
   the response cache: nothing was sent), or with no duration or one under
   :data:`MIN_DURATION_S` (such a line in a trace older than the ``cached`` field), is an
   answer but not a latency sample.
-- **Length.** ``answer_tokens`` = the rounded mean ``completion_tokens`` of the answers not
-  cut at ``max_tokens`` (``finish_reason`` "length"): a cut answer says nothing of the
-  natural length. Needs :data:`MIN_SAMPLES` answers.
+- **Length.** ``answer_tokens`` = the rounded mean ``completion_tokens`` less
+  ``reasoning_tokens`` of the answers not cut at ``max_tokens`` (``finish_reason``
+  "length"): a cut answer says nothing of the natural length. ``thinking_tokens`` = the
+  rounded mean ``reasoning_tokens`` of the same answers, for a model that thinks (it
+  declares some, or a call reported some). Needs :data:`MIN_SAMPLES` answers.
 - **Speed.** The planner's law is ``duration = ttft + prompt / prefill + completion /
   rate``. Streamed answers (a first token well before the end) are fitted in two stages:
   the measured ``ttft_s`` against ``prompt_tokens`` (intercept ttft, slope 1 / prefill)
@@ -23,7 +25,9 @@ Contract of :func:`calibrate` (and :func:`calibrate_records`, its pure core):
   unbiased). Unstreamed answers: one least-squares fit of ``duration``. Needs
   :data:`MIN_SAMPLES` samples, spread answer lengths and a positive slope; otherwise every
   speed figure is kept and the note says why. A prefill slope that is not positive, or an
-  intercept below 0, keeps the declared prefill rate.
+  intercept below 0, keeps the declared prefill rate. The completion is timed whole,
+  thinking included, from its first token shown (thinking or answer); a call that thought
+  unseen (reasoning tokens, no thinking shown) is timed as an unstreamed one.
 - **Quality.** Pairwise verdicts (``quality`` lines) on ``single:MODEL``: the mean
   preference x 100 becomes the model's ``quality`` prior (needs :data:`MIN_SAMPLES`
   verdicts). Single-answer scores (1..10) are another scale: reported, never used.
@@ -300,13 +304,21 @@ def _fit_length(fit: ModelFit, declared: ModelSpec, answers: list[dict]) -> dict
     if len(answers) < MIN_SAMPLES:
         fit.length = f"length kept ({len(answers)} whole answers{cut}, need {MIN_SAMPLES})"
         return {}
-    tokens = [_number(c.get("completion_tokens")) or 0.0 for c in answers]
+    thought = [min(_number(c.get("reasoning_tokens")) or 0.0,
+                   _number(c.get("completion_tokens")) or 0.0) for c in answers]
+    tokens = [(_number(c.get("completion_tokens")) or 0.0) - t
+              for c, t in zip(answers, thought)]
     length = max(1, int(round(float(np.mean(tokens)))))
     bound = ("; a lower bound, so many were cut"
              if fit.cut > CUT_WARNING_SHARE * fit.answers else "")
     fit.length = (f"length {declared.answer_tokens} -> {length} tok "
                   f"({len(answers)} answers{cut}{bound})")
-    return {"answer_tokens": length}
+    changes: dict = {"answer_tokens": length}
+    if declared.thinking_tokens or any(thought):
+        thinking = int(round(float(np.mean(thought))))
+        fit.length += f"; thinking {declared.thinking_tokens} -> {thinking} tok"
+        changes["thinking_tokens"] = thinking
+    return changes
 
 
 def _sample(call: dict) -> Sample | None:
@@ -315,6 +327,11 @@ def _sample(call: dict) -> Sample | None:
     if call.get("cached") or duration is None or duration < MIN_DURATION_S:
         return None
     ttft = _number(call.get("ttft_s"))
+    shown = _number(call.get("reasoning_ttft_s"))
+    if shown is not None:  # the first token shown was thinking
+        ttft = shown if ttft is None else min(ttft, shown)
+    elif (_number(call.get("reasoning_tokens")) or 0) > 0:
+        ttft = None  # it thought unseen: the first answer token came after its thinking
     return Sample(duration, ttft if ttft is not None and ttft > 0 else None,
                   int(_number(call.get("prompt_tokens")) or 0),
                   int(_number(call.get("completion_tokens")) or 0))

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from moac import constants
+from moac.checks.model_api import implied_api, openai_reasoning_id
 from moac.evaluation.calibrate import Calibration, ModelFit
 from moac.lang.fmt import string_literal
 from moac.ir.spec import ModelSpec, ProviderSpec
@@ -93,7 +94,24 @@ def _model(m: ModelSpec) -> list[str]:
     if m.quality is not None:
         settings.append(("quality", number(m.quality)))
     settings.append(("length", f"{m.answer_tokens} tok"))
+    settings += _api(m)
     return _block(f"model {m.name} = {m.provider} {string_literal(m.model_id)}", settings)
+
+
+def _api(m: ModelSpec) -> list[tuple[str, str]]:
+    """The API settings that read back as ``m``'s (what ``reasoning`` and the model id
+    would not imply: :mod:`moac.checks.model_api`)."""
+    settings = []
+    if m.reasoning or openai_reasoning_id(m.model_id):
+        settings.append(("reasoning", "true" if m.reasoning else "false"))
+    implied = implied_api(m.reasoning)
+    if m.token_param != implied["token_param"]:
+        settings.append(("token_param", m.token_param))
+    if m.fixed_temperature != implied["fixed_temperature"]:
+        settings.append(("temperature", "fixed" if m.fixed_temperature else "any"))
+    if m.thinking_tokens != implied["thinking_tokens"]:
+        settings.append(("thinking", f"{m.thinking_tokens} tok"))
+    return settings
 
 
 def _block(head: str, settings: list[tuple[str, str]]) -> list[str]:

@@ -67,4 +67,4 @@ def _call(node_id: str, layer: str, index: int, role: str, position: int, agent:
     return CallNode(id=node_id, layer=layer, layer_index=index, role=role, position=position,
                     model=agent.model, provider=models[agent.model].provider,
                     sampling=agent.sampling, system=agent.system, prompt=prompt,
-                    fallback_for=fallback_for)
+                    fallback_for=fallback_for, references=agent.references)

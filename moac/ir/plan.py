@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from moac.constants import PLAN_FORMAT_VERSION
-from moac.ir.spec import BudgetSpec, ModelSpec, ProviderSpec, RouteSpec, Sampling, Spec
+from moac.ir.spec import (
+    BudgetSpec, ModelSpec, ProviderSpec, References, RouteSpec, Sampling, Spec,
+)
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -24,7 +26,8 @@ Role = Literal["propose", "refine", "aggregate", "fallback"]
 
 class CallNode(Spec):
     """One agent call. ``prompt`` is the aggregate-and-synthesize template when the call
-    receives earlier answers, else None. A fallback names the node it stands in for."""
+    receives earlier answers, else None. A fallback names the node it stands in for.
+    ``references``: whether the answers it reads come with their thinking."""
 
     id: str
     layer: str
@@ -37,6 +40,8 @@ class CallNode(Spec):
     system: str | None = None
     prompt: str | None = None
     fallback_for: str | None = None
+    references: References = "answer"
+    omit_default = ("references",)
 
 
 class LayerInfo(Spec):

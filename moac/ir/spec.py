@@ -7,13 +7,24 @@ tokens, billions of parameters, tokens, seconds.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # Fields added since plans were first written, left out of a dump while at their
+    # default: a plan that uses none of them is written as it was, and reads back the same.
+    omit_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        data = handler(self)
+        for name in self.omit_default:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
 
 class ProviderSpec(Spec):
@@ -49,6 +60,23 @@ class ModelSpec(Spec):
     prefill_tokens_per_s: float
     quality: float | None = None
     answer_tokens: int
+    # A reasoning model (OpenAI's kind): it takes `reasoning_effort`; see checks.model_api.
+    reasoning: bool = False
+    # The request field that limits the completion (thinking and answer together).
+    token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # The model samples at its own temperature: moac sends no temperature or top_p.
+    fixed_temperature: bool = False
+    # Tokens it typically thinks before its answer (billed, never read by another agent).
+    thinking_tokens: int = 0
+    omit_default = ("reasoning", "token_param", "fixed_temperature", "thinking_tokens")
+
+    def expected_output(self, max_tokens: int) -> tuple[int, int]:
+        """``(billed, answer)``: the completion tokens of a typical call limited to
+        ``max_tokens``, and how many of them are the answer. The limit bounds thinking
+        and answer together, and the thinking comes first."""
+        thinking = min(self.thinking_tokens, max_tokens)
+        answer = min(self.answer_tokens, max_tokens - thinking)
+        return thinking + answer, answer
 
     def usd(self, tokens_in: float, tokens_out: float) -> float:
         """Dollars for a call that reads ``tokens_in`` and writes ``tokens_out``."""
@@ -65,14 +93,23 @@ class Sampling(Spec):
     max_tokens: int
     top_p: float | None = None
     seed: int | None = None
+    reasoning_effort: str | None = None  # sent only to models that take it
+    omit_default = ("reasoning_effort",)
+
+
+References = Literal["answer", "with_reasoning"]
 
 
 class AgentSpec(Spec):
-    """One call site: a model with its sampling settings and optional system prompt."""
+    """One call site: a model with its sampling settings and optional system prompt.
+    ``references``: what it reads of the answers it aggregates (their thinking too, or
+    not)."""
 
     model: str
     sampling: Sampling
     system: str | None = None
+    references: References = "answer"
+    omit_default = ("references",)
 
 
 class LayerSpec(Spec):

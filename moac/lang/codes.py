@@ -50,4 +50,5 @@ CODES: dict[str, str] = {
     "E601": "api_key holds a literal instead of naming an environment variable",
     "E602": "invalid base URL",
     "E603": "setting that does not apply to this provider kind",
+    "E604": "a setting the model's API does not take",
 }

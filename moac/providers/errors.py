@@ -256,3 +256,14 @@ class MissingApiKey(ProviderError):
 
 class DeadlineExceeded(ProviderError):
     """The query's deadline left too little time to start or finish an attempt."""
+
+
+class UnsupportedParameter(BadRequest):
+    """A 400 saying the model does not take a parameter moac sent, or not its value
+    (OpenAI's ``unsupported_parameter`` and ``unsupported_value``). ``param`` names it, and
+    the message says what to declare on the model. Never retried: the same request is
+    refused again."""
+
+    def __init__(self, message: str, *, param: str | None = None, **fields: Any) -> None:
+        self.param = param
+        super().__init__(message, **fields)

@@ -460,7 +460,8 @@ class LocalClient:
 
     async def chat(self, request: ChatRequest, *, deadline: float | None = None,
                    on_delta: Callable[[str], None] | None = None,
-                   on_attempt: Callable[[Attempt], None] | None = None) -> CallResult:
+                   on_attempt: Callable[[Attempt], None] | None = None,
+                   on_reasoning: Callable[[str], None] | None = None) -> CallResult:
         """As :meth:`OpenAICompatibleClient.chat`. A server that cannot start raises its
         :class:`ProviderError` with no attempts and ``gave_up`` set."""
         try:
@@ -471,7 +472,8 @@ class LocalClient:
         # A task of its own, so that LocalServers.aclose can cancel it (cancelling this
         # task cancels it as well).
         call = asyncio.ensure_future(client.chat(request, deadline=deadline,
-                                                 on_delta=on_delta, on_attempt=on_attempt))
+                                                 on_delta=on_delta, on_attempt=on_attempt,
+                                                 on_reasoning=on_reasoning))
         self.servers.track(call)
         try:
             return await call

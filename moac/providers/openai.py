@@ -23,6 +23,10 @@ Contract of :meth:`OpenAICompatibleClient.chat`:
   (a non-streamed answer arrives as one delta). After a failed attempt that already produced
   deltas, the next attempt's deltas start the answer over: ``on_attempt`` (called at the end
   of every attempt, ok, failed or cancelled) tells the caller when that happens.
+- Thinking is split from the answer as it arrives (:mod:`moac.providers.thinking`: an inline
+  ``<think>`` block, or a ``reasoning_content``/``reasoning`` field): ``on_delta`` and the
+  result's ``text`` get the answer alone, ``on_reasoning`` and ``reasoning`` the thinking.
+  The limit sent bounds both; thinking tokens are completion tokens.
 - Token counts come from the provider's ``usage`` when it sends one, else are estimated
   (:func:`moac.ir.prompts.estimate_tokens`) and flagged. A failed attempt counts tokens only
   once the provider accepted it (a 2xx): those can be billed; 4xx/5xx/timeouts before a
@@ -47,7 +51,9 @@ from moac.constants import (
     DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S, DEFAULT_TIMEOUT_S,
     MAX_ANSWER_BYTES_PER_TOKEN,
 )
-from moac.ir.prompts import messages_max_tokens, messages_tokens, text_max_tokens
+from moac.ir.prompts import (
+    estimate_tokens, messages_max_tokens, messages_tokens, text_max_tokens,
+)
 from moac.providers.constants import (
     AUTH_REFUSALS_TO_STOP, DEFAULT_CONNECTION_LIMIT, MAX_ERROR_BODY_READ_BYTES, MAX_REPORTED_TOKENS,
     MIN_API_KEY_CHARS, RESPONSE_BYTES_BASE, RESPONSE_BYTES_PER_TOKEN, TIMEOUT_CEIL_THRESHOLD_S, USER_AGENT,
@@ -59,7 +65,8 @@ from moac.providers.errors import (
 from moac.providers.limits import ProviderLimiter
 from moac.providers.ratelimits import parse_rate_limits
 from moac.providers.parse import (
-    StreamState, Where, http_error, parse_completion, require_answer, too_large, too_long,
+    StreamState, Where, http_error, parse_completion, reasoning_tokens, require_answer,
+    too_large, too_long,
     unexpected_body,
 )
 from moac.providers.retry import RetryPolicy, decide
@@ -83,7 +90,11 @@ class ChatRequest:
     cache keys on it, so that replayed copies do not collapse into one answer. ``scope`` is
     the query the request belongs to (never sent): a batch's journal keys on it, so that a
     resumed query takes back its own answers and no other's. ``priority`` orders it among
-    requests waiting for the provider (lower first; see :mod:`moac.providers.limits`)."""
+    requests waiting for the provider (lower first; see :mod:`moac.providers.limits`).
+    What the model's API takes: ``token_param`` names the field the limit is sent in,
+    ``fixed_temperature`` sends no temperature or top_p, ``reasoning_effort`` is sent when
+    set; ``thinks``: the model may think unseen, so a completion it does not report is
+    counted at the limit."""
 
     model: str
     messages: Sequence[Mapping[str, Any]]
@@ -94,19 +105,27 @@ class ChatRequest:
     occurrence: int = 0
     scope: str = ""
     priority: tuple = ()
+    token_param: str = "max_tokens"
+    fixed_temperature: bool = False
+    reasoning_effort: str | None = None
+    thinks: bool = False
 
     @property
     def answer_limit(self) -> int:
-        """The ``max_tokens`` sent: the most completion tokens the provider may bill."""
+        """The limit sent (``max_tokens`` or ``max_completion_tokens``): the most
+        completion tokens, thinking included, the provider may bill."""
         return self.max_tokens if self.max_tokens is not None else self.sampling.max_tokens
 
     def body(self) -> bytes:
         payload: dict[str, Any] = {
-            "model": self.model, "messages": [dict(m) for m in self.messages],
-            "temperature": self.sampling.temperature, "max_tokens": self.answer_limit,
-        }
-        if self.sampling.top_p is not None:
+            "model": self.model, "messages": [dict(m) for m in self.messages]}
+        if not self.fixed_temperature:
+            payload["temperature"] = self.sampling.temperature
+        payload[self.token_param] = self.answer_limit
+        if self.sampling.top_p is not None and not self.fixed_temperature:
             payload["top_p"] = self.sampling.top_p
+        if self.reasoning_effort is not None:
+            payload["reasoning_effort"] = self.reasoning_effort
         if self.sampling.seed is not None:
             payload["seed"] = self.sampling.seed
         if self.stream:
@@ -127,8 +146,11 @@ class ChatRequest:
 class Attempt:
     """One HTTP attempt, as the trace records it (an allow-list: no header, body or key).
     Times: ``started``/``ended`` on the client's monotonic clock, ``*_wall`` in epoch
-    seconds; ``ttft_s`` from the attempt's start to the first text (for a non-streamed
-    answer, to the whole body). ``status`` is ``failed`` with ``error_type`` the
+    seconds; ``ttft_s`` from the attempt's start to the first text of the answer (for a
+    non-streamed answer, to the whole body), ``reasoning_ttft_s`` to the first text of its
+    thinking (None: none was shown). ``reasoning_tokens`` is the part of the completion
+    that was thinking (as reported, else estimated from what was shown), and ``reasoning``
+    the thinking shown. ``status`` is ``failed`` with ``error_type`` the
     :class:`ProviderError` subclass's name, or ``cancelled``. ``cached``: answered from the
     response cache (:mod:`moac.run.cache`); nothing was sent and nothing is billed."""
 
@@ -148,6 +170,9 @@ class Attempt:
     cached: bool = False
     overrun: str | None = None  # reported usage past the request's bounds (see _count_tokens)
     queued_s: float = 0.0  # waited for a slot, the key's pacer or a model's cool-down
+    reasoning_ttft_s: float | None = None
+    reasoning_tokens: int = 0
+    reasoning: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -159,14 +184,17 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     reported: bool  # False: at least one count was estimated
+    reasoning_tokens: int = 0  # of the completion tokens (which include them)
 
 
 @dataclass(frozen=True, slots=True)
 class CallResult:
+    """``text`` is the answer alone; ``reasoning`` what the model showed of its thinking."""
     text: str
     finish_reason: str | None
     usage: Usage
     attempts: tuple[Attempt, ...] = field(default=())
+    reasoning: str = ""
 
     @property
     def truncated(self) -> bool:
@@ -219,9 +247,11 @@ class OpenAICompatibleClient:
 
     async def chat(self, request: ChatRequest, *, deadline: float | None = None,
                    on_delta: Callable[[str], None] | None = None,
-                   on_attempt: Callable[[Attempt], None] | None = None) -> CallResult:
+                   on_attempt: Callable[[Attempt], None] | None = None,
+                   on_reasoning: Callable[[str], None] | None = None) -> CallResult:
         """Run ``request`` with retries until success, a final error or ``deadline``
-        (on ``clock``; None: none). See the module docstring for the contract."""
+        (on ``clock``; None: none). See the module docstring for the contract;
+        ``on_reasoning`` gets the thinking's deltas as ``on_delta`` gets the answer's."""
         policy = self.policy if request.min_attempt_s is None else replace(
             self.policy, min_attempt_s=request.min_attempt_s)
         where = Where(self.provider.name, request.model, self._secrets)
@@ -246,7 +276,8 @@ class OpenAICompatibleClient:
                         # Pacing or a cool-down may have used up the time.
                         outcome = self._too_late(deadline, policy, where, number) or \
                             await self._attempt(request, body, where, number, deadline,
-                                                on_delta, on_attempt, attempts, waited)
+                                                on_delta, on_attempt, attempts, waited,
+                                                on_reasoning)
                 except DeadlineExceeded as late:  # from the limiter: no attempt was made
                     late.model = request.model
                     outcome = late
@@ -306,7 +337,8 @@ class OpenAICompatibleClient:
 
     async def _attempt(self, request: ChatRequest, body: bytes, where: Where, number: int,
                        deadline: float | None, on_delta, on_attempt,
-                       attempts: list[Attempt], waited: float = 0.0) -> CallResult | ProviderError:
+                       attempts: list[Attempt], waited: float = 0.0,
+                       on_reasoning=None) -> CallResult | ProviderError:
         """One HTTP attempt. Returns the result or the error (never raises one, so no
         aiohttp exception, which may carry request headers, rides along as a context)."""
         start = self._clock()
@@ -334,14 +366,19 @@ class OpenAICompatibleClient:
                 raw = await _read_some(response, MAX_ERROR_BODY_READ_BYTES)
                 outcome = unexpected_body(response.content_type, raw, where)
             elif request.stream and "json" not in response.content_type:
-                outcome = await self._read_stream(request, response, state, record, on_delta,
-                                                  limit)
+                outcome = await self._read_stream(request, response, state, record,
+                                                  (on_delta, on_reasoning), limit)
             else:  # not streamed, or a server that answered a stream request with JSON
                 body = await _read_bounded(response, limit, where)
-                text, finish_reason, usage = parse_completion(body, where)
+                text, finish_reason, usage, reasoning = parse_completion(body, where)
                 record.ttft_s = self._clock() - start
                 state.parts.append(text)
+                state.reasoning_parts.append(reasoning)
                 state.finish_reason, state.usage = finish_reason, usage
+                if reasoning:
+                    record.reasoning_ttft_s = record.ttft_s
+                    if on_reasoning is not None:
+                        on_reasoning(reasoning)
                 if on_delta is not None and text:
                     on_delta(text)
                 outcome = self._result(request, state, record)
@@ -379,6 +416,7 @@ class OpenAICompatibleClient:
                 if record.http_status is not None and 200 <= record.http_status < 300:
                     self._count_tokens(request, state, record)
             record.finish_reason = state.finish_reason
+            record.reasoning = state.reasoning
             attempts.append(record)
             if on_attempt is not None:
                 on_attempt(record)
@@ -389,6 +427,7 @@ class OpenAICompatibleClient:
     async def _read_stream(self, request: ChatRequest, response: aiohttp.ClientResponse,
                            state: StreamState, record: Attempt, on_delta,
                            limit: int) -> CallResult:
+        """``on_delta``: the (answer, thinking) callbacks."""
         decoder = SSEDecoder()
         size = 0
         head = b""  # the first bytes, to say what came back when it was not a stream
@@ -403,40 +442,63 @@ class OpenAICompatibleClient:
                 break
         else:
             self._take(decoder.close(), state, record, on_delta)
+        self._give(state.flush(), state, record, on_delta)
         state.finish(decoder.done, head)
         return self._result(request, state, record)
 
     def _take(self, events, state: StreamState, record: Attempt, on_delta) -> None:
         for event in events:
-            delta = state.event(event.data)
-            if delta:
-                if record.ttft_s is None:
-                    record.ttft_s = self._clock() - record.started
-                if on_delta is not None:
-                    on_delta(delta)
+            self._give(state.event(event.data), state, record, on_delta)
+
+    def _give(self, delta: str, state: StreamState, record: Attempt, on_delta) -> None:
+        """Pass on an answer delta and the thinking that came with it; time the first."""
+        on_answer, on_reasoning = on_delta
+        thought = state.take_reasoning()
+        if thought:
+            if record.reasoning_ttft_s is None:
+                record.reasoning_ttft_s = self._clock() - record.started
+            if on_reasoning is not None:
+                on_reasoning(thought)
+        if delta:
+            if record.ttft_s is None:
+                record.ttft_s = self._clock() - record.started
+            if on_answer is not None:
+                on_answer(delta)
 
     def _result(self, request: ChatRequest, state: StreamState, record: Attempt) -> CallResult:
-        text_bytes = text_max_tokens(state.text)
+        text_bytes = text_max_tokens(state.text) + text_max_tokens(state.reasoning)
         if text_bytes > request.answer_limit * MAX_ANSWER_BYTES_PER_TOKEN:
             raise too_long(text_bytes, request.answer_limit, state.where)
         self._count_tokens(request, state, record)
         require_answer(state.text, state.finish_reason, state.where,
                        max_tokens=request.answer_limit)
-        usage = Usage(record.prompt_tokens, record.completion_tokens, record.tokens_reported)
-        return CallResult(state.text, state.finish_reason, usage)
+        usage = Usage(record.prompt_tokens, record.completion_tokens, record.tokens_reported,
+                      record.reasoning_tokens)
+        return CallResult(state.text, state.finish_reason, usage, reasoning=state.reasoning)
 
     def _count_tokens(self, request: ChatRequest, state: StreamState, record: Attempt) -> None:
         """The attempt's billable tokens: the provider's ``usage``, else each count at its
         upper bound (what the provider could have billed: never less than it does); a
-        reported count past the request's bounds is noted in ``record.overrun``."""
+        reported count past the request's bounds is noted in ``record.overrun``. Thinking
+        is completion: reported thinking tokens past the completion count were left out of
+        it, and are added; a model that may think unseen (``request.thinks``) without
+        reporting its completion is counted at the limit."""
         prompt, completion = _count(state.usage, "prompt_tokens"), \
             _count(state.usage, "completion_tokens")
+        reasoning = reasoning_tokens(state.usage)
         record.tokens_reported = prompt is not None and completion is not None
         most_prompt, most_completion = request.max_prompt_tokens(), request.answer_limit
         if prompt is None:
             prompt = most_prompt
+        if reasoning is not None:
+            reasoning = min(reasoning, MAX_REPORTED_TOKENS)
+            if completion is not None and reasoning > completion:
+                completion += reasoning
         if completion is None:
-            completion = min(most_completion, text_max_tokens(state.text))
+            shown = text_max_tokens(state.text) + text_max_tokens(state.reasoning)
+            completion = most_completion if request.thinks else min(most_completion, shown)
+        record.reasoning_tokens = reasoning if reasoning is not None else \
+            min(completion, estimate_tokens(state.reasoning))
         record.prompt_tokens, record.completion_tokens = prompt, completion
         over = []
         if prompt > most_prompt:

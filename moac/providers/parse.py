@@ -16,9 +16,10 @@ from typing import Any, Mapping
 
 from moac.providers.errors import (
     AuthError, BadRequest, ContentFiltered, ContextLengthExceeded, EmptyAnswer,
-    MalformedResponse, ProviderError, RateLimited, ServerError, redact,
+    MalformedResponse, ProviderError, RateLimited, ServerError, UnsupportedParameter, redact,
 )
 from moac.providers.retry import parse_retry_after, parse_should_retry
+from moac.providers.thinking import InlineSplitter, split_inline
 from moac.text import valid_json
 
 # Phrases providers use for "prompt + max_tokens > context window" (OpenAI, vLLM, TGI,
@@ -87,9 +88,54 @@ def http_error(status: int, headers: Mapping[str, str], body: str, where: Where,
         return RateLimited(f"rate limited: {detail}", **fields)
     if status in (408, 409) or status >= 500:
         return ServerError(f"server error: {detail}", **fields)
+    unsupported = unsupported_parameter(body) if status == 400 else None
+    if unsupported is not None:
+        fields["should_retry"] = False  # whatever a header says: it is refused again
+        return UnsupportedParameter(_unsupported_message(*unsupported, where, detail),
+                                    param=unsupported[0], **fields)
     if 400 <= status < 500 and _CONTEXT_LENGTH.search(body):
         return ContextLengthExceeded(f"context length exceeded: {detail}", **fields)
     return BadRequest(f"request refused: {detail}", **fields)
+
+
+_UNSUPPORTED_CODES = ("unsupported_parameter", "unsupported_value")
+_QUOTED_PARAM = re.compile(r"^Unsupported (?:parameter|value): '([A-Za-z_][A-Za-z0-9_.]*)'")
+# What to declare on a model whose API refused a parameter moac sends.
+_DECLARE = {"max_tokens": "token_param = max_completion_tokens",
+            "max_completion_tokens": "token_param = max_tokens",
+            "temperature": "temperature = fixed", "top_p": "temperature = fixed",
+            "reasoning_effort": "reasoning = false"}
+
+
+def unsupported_parameter(body: str) -> tuple[str, bool] | None:
+    """``(parameter, only its value)`` when a 400 body says the model does not take a
+    parameter, or that value of it (OpenAI's wording: ``code`` ``unsupported_parameter`` or
+    ``unsupported_value``, ``param`` naming it), else None."""
+    obj = loads(body)
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(err, dict):
+        return None
+    message = err.get("message") if isinstance(err.get("message"), str) else ""
+    quoted = _QUOTED_PARAM.match(message)
+    if err.get("code") not in _UNSUPPORTED_CODES and quoted is None:
+        return None
+    value = err.get("code") == "unsupported_value" or message.startswith("Unsupported value")
+    param = err.get("param")
+    if isinstance(param, str) and param:
+        return param, value
+    return (quoted.group(1), value) if quoted else None
+
+
+def _unsupported_message(param: str, value: bool, where: Where, detail: str) -> str:
+    fix = _DECLARE.get(param)
+    if value and param == "reasoning_effort":
+        what = "give its agents another reasoning_effort"
+    elif fix:
+        what = f"declare `{fix}` on its model"
+    else:
+        what = f"leave '{param}' out of its agents' settings"
+    taken = f"this value of '{param}'" if value else f"'{param}'"
+    return f"model {where.model!r} does not take {taken}: {what} ({detail})"
 
 
 def too_large(limit: int, max_tokens: int | None, where: Where, *,
@@ -128,8 +174,10 @@ def _error_object(obj: Any) -> Any:
     return obj.get("error") if isinstance(obj, dict) else None
 
 
-def parse_completion(body: bytes, where: Where) -> tuple[str, str | None, dict | None]:
-    """A non-streamed 200 body: ``(text, finish_reason, usage or None)``."""
+def parse_completion(body: bytes, where: Where) -> tuple[str, str | None, dict | None, str]:
+    """A non-streamed 200 body: ``(answer, finish_reason, usage or None, thinking)``, the
+    thinking from the message's reasoning field and an inline ``<think>`` block
+    (:mod:`moac.providers.thinking`)."""
     obj = loads(body)
     if obj is _BAD or not isinstance(obj, dict):
         raise MalformedResponse("the response body is not a JSON object", what="non_json",
@@ -145,6 +193,9 @@ def parse_completion(body: bytes, where: Where) -> tuple[str, str | None, dict |
     finish_reason = choice.get("finish_reason")
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content = message.get("content")
+    field = reasoning_field(message)
+    if content is None and field:
+        content = ""  # it thought, and answered nothing (cut by its limit, say)
     if finish_reason == "content_filter" or (content is None and message.get("refusal")):
         raise ContentFiltered("the provider's content filter stopped the answer",
                               **where.fields(status=200, body=body))
@@ -152,15 +203,40 @@ def parse_completion(body: bytes, where: Where) -> tuple[str, str | None, dict |
         raise MalformedResponse("the response's message content is null", what="null_content",
                                 **where.fields(status=200, body=body))
     usage = obj.get("usage")
-    return content, finish_reason, usage if isinstance(usage, dict) else None
+    thought, content = split_inline(content)
+    thinking = "\n\n".join(part for part in (field.strip(), thought) if part)
+    return content, finish_reason, usage if isinstance(usage, dict) else None, thinking
+
+
+def reasoning_field(message: dict) -> str:
+    """The thinking a message or a stream delta carries beside its content
+    (``reasoning_content``, DeepSeek's and vLLM's name, or ``reasoning``, OpenRouter's)."""
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+def reasoning_tokens(usage: dict | None) -> int | None:
+    """The thinking tokens ``usage`` reports (``completion_tokens_details.reasoning_tokens``,
+    or a top-level ``reasoning_tokens``), or None."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("completion_tokens_details")
+    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    if value is None:
+        value = usage.get("reasoning_tokens")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 class StreamState:
     """What a streamed answer has said so far. :meth:`event` takes one SSE data payload and
-    returns its text delta; :meth:`finish` checks how the stream ended."""
+    returns its answer delta (its thinking delta, from a reasoning field or an inline
+    ``<think>`` block, goes to :meth:`take_reasoning`); :meth:`flush` gives out what the
+    inline split held back at the end; :meth:`finish` checks how the stream ended."""
 
     __slots__ = ("where", "parts", "finish_reason", "usage", "saw_content", "refusal",
-                 "events")
+                 "events", "reasoning_parts", "_splitter", "_new_reasoning")
 
     def __init__(self, where: Where) -> None:
         self.where = where
@@ -170,10 +246,37 @@ class StreamState:
         self.saw_content = False
         self.refusal = False
         self.events = 0  # events seen (a body with none was no stream)
+        self.reasoning_parts: list[str] = []
+        self._splitter = InlineSplitter()
+        self._new_reasoning: list[str] = []
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.reasoning_parts).strip()
+
+    def take_reasoning(self) -> str:
+        """The thinking that arrived since the last call."""
+        new, self._new_reasoning = "".join(self._new_reasoning), []
+        return new
+
+    def _reason(self, text: str) -> None:
+        if text:
+            self.saw_content = True
+            self.reasoning_parts.append(text)
+            self._new_reasoning.append(text)
+
+    def flush(self) -> str:
+        """The end of the content: the answer delta the inline split held back (the
+        thinking goes to :meth:`take_reasoning`)."""
+        thought, answer = self._splitter.close()
+        self._reason(thought)
+        if answer:
+            self.parts.append(answer)
+        return answer
 
     def event(self, data: str) -> str:
         self.events += 1
@@ -199,9 +302,15 @@ class StreamState:
             return ""
         if delta.get("refusal"):
             self.refusal = True
+        thought = reasoning_field(delta)
+        if thought:
+            self._reason(thought)
         content = delta.get("content")
         if isinstance(content, str):
             self.saw_content = True
+            thought, content = self._splitter.feed(content)
+            if thought:
+                self._reason(thought)
             if content:
                 self.parts.append(content)
                 return content

@@ -8,12 +8,13 @@ record and replay. May import the plan, the planner, the providers and the trace
 """
 
 from moac.run.runner import (
-    AnswerStream, BatchProgress, Delta, MissingApiKey, PromptItem, ProviderError, Restart,
-    RunError, Runner, answered, compact_answers, default_answers_path, load_prompts,
+    AnswerStream, BatchProgress, Delta, MissingApiKey, PromptItem, ProviderError, Reasoning,
+    Restart, RunError, Runner, answered, compact_answers, default_answers_path, load_prompts,
     read_answers, run_plan, stderr_progress, summary_line,
 )
 
 __all__ = ["AnswerStream", "BatchProgress", "Delta", "MissingApiKey", "PromptItem",
-           "ProviderError", "Restart", "RunError", "Runner", "answered", "compact_answers",
+           "ProviderError", "Reasoning", "Restart", "RunError", "Runner", "answered",
+           "compact_answers",
            "default_answers_path", "load_prompts", "read_answers", "run_plan",
            "stderr_progress", "summary_line"]

@@ -11,6 +11,7 @@ import contextvars
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
+from moac.constants import REASONING_REFERENCE
 from moac.ir.plan import CallNode
 from moac.ir.prompts import (
     CUT_BY_LENGTH, SHORTENED, render_template, shorten_evenly, text_max_tokens,
@@ -53,6 +54,7 @@ class QueryState(Protocol):
     final_reserve: Cost                  # kept unheld for the final stage's smallest answer
     on_delta: Callable[[str], None] | None
     on_restart: Callable[[str, str], None] | None
+    on_reasoning: Callable[[str], None] | None
 
     def skip(self, node: str, reason: str, *, cause: bool = True,
              left_out: bool = False) -> CallOutcome: ...
@@ -122,11 +124,12 @@ class AgentCall:
     def references(self) -> list[tuple[str, str | None]]:
         """The answers this call aggregates, with their notes: the latest stage that
         answered (the one before, unless the budget left that one out whole), in
-        declaration order; empty for a call without a template."""
+        declaration order, each with its thinking only if the call's ``references`` says
+        so; empty for a call without a template."""
         if self.call.prompt is None:
             return []
         outcomes = self.q.outcomes
-        return [(outcomes[n].text or "",
+        return [(reference_text(outcomes[n], self.call.references),
                  CUT_BY_LENGTH if outcomes[n].finish_reason == "length" else None)
                 for n in self.q.answered]
 
@@ -145,7 +148,8 @@ class AgentCall:
                            occurrence=self.node.occurrence, scope=self.q.query_id,
                            # Later stages, then older queries, go first when the key's
                            # pacer holds calls back: answers come out steadily.
-                           priority=(-call.layer_index, self.q.start))
+                           priority=(-call.layer_index, self.q.start),
+                           **api_fields(self.model, call.sampling))
 
     def shortened(self, references, allowance: int, max_tokens: int | None, *,
                   keep_one: bool = False):
@@ -275,10 +279,14 @@ class AgentCall:
         q.outcomes[call.id] = outcome
         outcome.started = q.x.clock()
         on_delta = self.delta if self.node.final and q.on_delta is not None else None
+        # Only asked for: a client that knows no reasoning need take no such callback.
+        more = {"on_reasoning": self.reasoning_delta} \
+            if self.node.final and q.on_reasoning is not None else {}
         self.token = _CURRENT_CALL.set(self)
         try:
             result = await q.x.clients[call.provider].chat(
-                request, deadline=q.deadline, on_delta=on_delta, on_attempt=self.attempt)
+                request, deadline=q.deadline, on_delta=on_delta, on_attempt=self.attempt,
+                **more)
         except ProviderError as error:
             text = str(error)
             if isinstance(error, ContextLengthExceeded):  # never retried: named
@@ -289,8 +297,11 @@ class AgentCall:
         else:
             outcome.status, outcome.text = "ok", result.text
             outcome.finish_reason = result.finish_reason
-            if result.usage.reported:
-                outcome.answer_tokens = result.usage.completion_tokens
+            outcome.reasoning = result.reasoning
+            outcome.reasoning_tokens = result.usage.reasoning_tokens
+            if result.usage.reported:  # the answer's own length: its thinking is not read
+                outcome.answer_tokens = result.usage.completion_tokens - \
+                    min(result.usage.reasoning_tokens, result.usage.completion_tokens)
         finally:
             _CURRENT_CALL.reset(self.token)
             outcome.ended = q.x.clock()
@@ -306,6 +317,10 @@ class AgentCall:
         text, self.blank = self.blank + text, ""
         self.emitted += len(text)
         self.q.on_delta(text)
+
+    def reasoning_delta(self, text: str) -> None:
+        self.emitted += len(text)
+        self.q.on_reasoning(text)
 
     def attempt(self, record: Attempt) -> None:
         """The client's ``on_attempt``: book the attempt's cost, write its line (a failed
@@ -395,3 +410,23 @@ class AgentCall:
                               error=f"cancelled: {reason}")
         self.release()
         return outcome
+
+
+# --- reasoning models --------------------------------------------------------------------------
+
+
+def api_fields(model: ModelSpec, sampling) -> dict[str, Any]:
+    """What a request to ``model`` sends as its API takes it (:class:`ChatRequest`'s
+    ``token_param``, ``fixed_temperature``, ``reasoning_effort`` and ``thinks``)."""
+    return {"token_param": model.token_param, "fixed_temperature": model.fixed_temperature,
+            "reasoning_effort": sampling.reasoning_effort if model.reasoning else None,
+            "thinks": model.reasoning or model.thinking_tokens > 0}
+
+
+def reference_text(outcome: CallOutcome, references: str) -> str:
+    """An answer as a later call reads it: alone, or after its thinking
+    (``references = with_reasoning``, :data:`~moac.constants.REASONING_REFERENCE`)."""
+    answer = outcome.text or ""
+    if references != "with_reasoning" or not outcome.reasoning:
+        return answer
+    return REASONING_REFERENCE.format(reasoning=outcome.reasoning, answer=answer)

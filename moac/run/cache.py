@@ -11,15 +11,18 @@ Contract:
 
 - :func:`request_key` hashes what determines an answer and nothing else: the format version,
   the model id, the messages (their keys in any order), temperature, top_p, seed, the
-  effective ``max_tokens``, and the request's ``occurrence`` in its query (identical copies
-  of an agent are distinct answers). Not the provider's URL, name or key, nor ``stream`` or timing
-  fields: a recording made through one endpoint replays through another, and a cache file
-  never holds a secret (there is no header or key anywhere in it).
+  effective ``max_tokens``, ``reasoning_effort`` when set, and the request's ``occurrence``
+  in its query (identical copies of an agent are distinct answers). Not the provider's URL,
+  name or key, nor ``stream`` or timing fields: a recording made through one endpoint
+  replays through another, and a cache file never holds a secret (there is no header or
+  key anywhere in it).
 - A call the budget clamped (``max_tokens`` below its agent's) is also filed under its
   unclamped request, where only ``--replay`` looks after missing the exact request, so a
   replay whose budget clamps differently still finds it.
 - With ``record``, identical requests in flight at once are asked once: the others wait for
   its answer and take it from the cache (or, if it failed, are asked on their own).
+- An answer is stored with its model's thinking (``reasoning``) and thinking tokens; a file
+  written before those columns existed gets them (empty) when opened.
 - Only complete answers with text are stored (``finish_reason`` in
   :data:`~moac.constants.CACHE_FINISH_REASONS`); failures never are, nor an empty answer,
   and one an older moac stored is never answered (it is a miss). The first answer
@@ -54,9 +57,13 @@ Mode = Literal["record", "replay", "journal"]
 _SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, created_at REAL NOT NULL, text TEXT NOT NULL,
     finish_reason TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL, tokens_reported INTEGER NOT NULL)"""
+    completion_tokens INTEGER NOT NULL, tokens_reported INTEGER NOT NULL,
+    reasoning TEXT NOT NULL DEFAULT '', reasoning_tokens INTEGER NOT NULL DEFAULT 0)"""
 _COLUMNS = ("model, created_at, text, finish_reason, prompt_tokens, completion_tokens, "
-            "tokens_reported")
+            "tokens_reported, reasoning, reasoning_tokens")
+# Columns added since format 1's first files: added to an older file when it is opened.
+_ADDED = (("reasoning", "TEXT NOT NULL DEFAULT ''"),
+          ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"))
 
 
 class CacheError(Exception):
@@ -83,6 +90,8 @@ def request_key(request: ChatRequest, *, scoped: bool = False) -> str:
         "top_p": None if sampling.top_p is None else float(sampling.top_p),
         "seed": sampling.seed, "max_tokens": int(max_tokens),
     }
+    if request.reasoning_effort is not None:
+        canonical["reasoning_effort"] = request.reasoning_effort
     if request.occurrence:  # the second unseeded copy in a query is another answer
         canonical["occurrence"] = request.occurrence
     if scoped:
@@ -107,6 +116,8 @@ class CachedResponse:
     prompt_tokens: int
     completion_tokens: int
     tokens_reported: bool
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -171,8 +182,21 @@ class ResponseCache:
             raise CacheError(f"{self.path} is a moac response cache of format {version}; "
                              f"this moac reads format {CACHE_FORMAT_VERSION}: record anew "
                              f"into another file")
+        self._add_columns()
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
+
+    def _add_columns(self) -> None:
+        """Give a file written before :data:`_ADDED` existed those columns."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+        for name, kind in _ADDED:
+            if name not in have:
+                try:
+                    self._db.execute(f"ALTER TABLE responses ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError:  # another process added it meanwhile
+                    if name not in {row[1] for row in
+                                    self._db.execute("PRAGMA table_info(responses)")}:
+                        raise
 
     def _identity(self) -> tuple[int, int, bool]:
         """(application_id, user_version, has tables). Raises on a non-SQLite file."""
@@ -198,7 +222,8 @@ class ResponseCache:
             self.stats.misses += count
             return None
         self.stats.hits += count
-        return CachedResponse(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+        return CachedResponse(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]),
+                              row[7], row[8])
 
     def put(self, key: str, model: str, result: CallResult, *, count: bool = True) -> bool:
         """Store ``result`` under ``key``; False when the key already had an answer (which
@@ -214,9 +239,11 @@ class ResponseCache:
         if old is not None and not old[0].strip():  # an older moac's empty answer: replaced
             self._run("DELETE FROM responses WHERE key = ?", (key,))
         cursor = self._run(
-            f"INSERT OR IGNORE INTO responses (key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR IGNORE INTO responses (key, {_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (key, model, time.time(), result.text, result.finish_reason, usage.prompt_tokens,
-             usage.completion_tokens, int(usage.reported)))
+             usage.completion_tokens, int(usage.reported), result.reasoning,
+             usage.reasoning_tokens))
         stored = cursor.rowcount == 1
         self.stats.stored += stored and count
         return stored
@@ -275,7 +302,8 @@ class CachingClient:
 
     async def chat(self, request: ChatRequest, *, deadline: float | None = None,
                    on_delta: Callable[[str], None] | None = None,
-                   on_attempt: Callable[[Attempt], None] | None = None) -> CallResult:
+                   on_attempt: Callable[[Attempt], None] | None = None,
+                   on_reasoning: Callable[[str], None] | None = None) -> CallResult:
         key = request_key(request, scoped=self.mode == "journal")
         replay = self.mode == "replay"
         if not replay and key in self._in_flight:
@@ -291,7 +319,7 @@ class CachingClient:
             self.cache.stats.hits += 1
         if hit is not None:
             await asyncio.sleep(0)  # a cached answer still lets the calls of its stage start
-            return self._answer(hit, on_delta, on_attempt)
+            return self._answer(hit, on_delta, on_attempt, on_reasoning)
         if self.mode == "replay":
             miss = CacheMiss(f"--replay: no recorded answer for this request (model "
                              f"{request.model}); run with --record first",
@@ -300,8 +328,9 @@ class CachingClient:
             raise miss
         done = self._in_flight.setdefault(key, asyncio.get_running_loop().create_future())
         try:
+            more = {} if on_reasoning is None else {"on_reasoning": on_reasoning}
             result = await self.inner.chat(request, deadline=deadline, on_delta=on_delta,
-                                           on_attempt=on_attempt)
+                                           on_attempt=on_attempt, **more)
             if storable(result):
                 self.cache.put(key, request.model, result)
                 if self.mode == "record" and request.max_tokens is not None and \
@@ -314,8 +343,11 @@ class CachingClient:
                 done.set_result(None)
         return result
 
-    def _answer(self, hit: CachedResponse, on_delta, on_attempt) -> CallResult:
+    def _answer(self, hit: CachedResponse, on_delta, on_attempt, on_reasoning=None
+                ) -> CallResult:
         started, started_wall = self._clock(), self._wall()
+        if on_reasoning is not None and hit.reasoning:
+            on_reasoning(hit.reasoning)
         if on_delta is not None and hit.text:  # as a non-streamed answer: one delta
             on_delta(hit.text)
         record = Attempt(number=1, started=started, started_wall=started_wall,
@@ -323,8 +355,12 @@ class CachingClient:
                          prompt_tokens=hit.prompt_tokens,
                          completion_tokens=hit.completion_tokens,
                          tokens_reported=hit.tokens_reported, status="ok",
-                         finish_reason=hit.finish_reason, cached=True)
+                         finish_reason=hit.finish_reason, cached=True,
+                         reasoning_ttft_s=0.0 if hit.reasoning else None,
+                         reasoning_tokens=hit.reasoning_tokens, reasoning=hit.reasoning)
         if on_attempt is not None:
             on_attempt(record)
-        usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.tokens_reported)
-        return CallResult(hit.text, hit.finish_reason, usage, attempts=(record,))
+        usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.tokens_reported,
+                      hit.reasoning_tokens)
+        return CallResult(hit.text, hit.finish_reason, usage, attempts=(record,),
+                          reasoning=hit.reasoning)

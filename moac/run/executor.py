@@ -50,9 +50,16 @@ Contract of :meth:`Executor.run`:
   followed by the call's final error carries that error's redacted message); a call or retry
   that never started is one ``skipped`` line with its reason; then one line for the query.
 
-Streaming: ``on_delta`` receives the final stage's text as it arrives. When an attempt that
-already streamed text fails, ``on_restart(node, reason)`` is called at once: what was streamed
-is void and the answer starts over (from the retry or the fallback).
+Streaming: ``on_delta`` receives the final stage's answer as it arrives, and ``on_reasoning``
+(when given) its thinking, apart. When an attempt that already streamed text fails,
+``on_restart(node, reason)`` is called at once: what was streamed is void and the answer
+starts over (from the retry or the fallback).
+
+Reasoning: a call's thinking (an inline ``<think>`` block or a reasoning field, split off by
+the client) is kept in its outcome and its trace line, never in what a later call reads
+unless that call's ``references`` is ``with_reasoning``; the query's answer is the answer
+alone, its thinking in :attr:`QueryResult.reasoning`. Thinking tokens are completion
+tokens: billed, and bounded by the completion limit every hold counts.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ from collections import Counter
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from moac.constants import (
-    DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S, MAX_ANSWER_BYTES_PER_TOKEN,
+    DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S, MAX_ANSWER_BYTES_PER_TOKEN, REASONING_REFERENCE,
 )
 from moac.ir import CallNode, LayerInfo, Plan
 from moac.ir.prompts import (
@@ -90,6 +97,8 @@ class ChatClient(Protocol):
     async def chat(self, request: ChatRequest, *, deadline: float | None = None,
                    on_delta: Callable[[str], None] | None = None,
                    on_attempt: Callable[[Attempt], None] | None = None) -> CallResult: ...
+    # A client may also take ``on_reasoning`` (the thinking's deltas): it is passed only
+    # when the query asked for the thinking (``Executor.run(on_reasoning=...)``).
 
 
 # --- the executor ------------------------------------------------------------------------------
@@ -191,11 +200,15 @@ class Executor:
                     continue
                 node = self.nodes[node_id]
                 call = node.call
-                reads = answered if call.prompt is not None else []
+                # Read with its thinking, an answer brings the tags around it too.
+                tags = len(REASONING_REFERENCE.encode()) \
+                    if call.references == "with_reasoning" else 0
+                reads = [bound + tags for bound in answered] if call.prompt is not None else []
                 reading = input_max_tokens(prompt, system=call.system,
                                            template=call.prompt if reads else None,
                                            answers=reads)
-                # An answer of max_tokens is read as up to a token a byte of it.
+                # An answer of max_tokens is read as up to a token a byte of it (its
+                # thinking and its answer share that limit).
                 written.append(call.sampling.max_tokens * MAX_ANSWER_BYTES_PER_TOKEN)
                 usd += attempt_cost(node.model, reading, call.sampling.max_tokens)
                 tflops += node.model.tflops(reading + call.sampling.max_tokens)
@@ -221,9 +234,9 @@ class Executor:
                     continue
                 reading = input_tokens(prompt, system=call.system, template=call.prompt,
                                        answers=[written[u] for u in node.inputs if u in written])
-                out = call.sampling.max_tokens if mode == "worst" else \
-                    min(node.model.answer_tokens, call.sampling.max_tokens)
-                written[node_id] = out
+                out, answer = (call.sampling.max_tokens,) * 2 if mode == "worst" else \
+                    node.model.expected_output(call.sampling.max_tokens)
+                written[node_id] = answer
                 total += attempt_cost(node.model, reading, out)
         return total
 
@@ -231,7 +244,8 @@ class Executor:
                   on_delta: Callable[[str], None] | None = None,
                   on_restart: Callable[[str, str], None] | None = None,
                   admission: str = "fail",
-                  on_progress: Callable[[QueryProgress], None] | None = None) -> QueryResult:
+                  on_progress: Callable[[QueryProgress], None] | None = None,
+                  on_reasoning: Callable[[str], None] | None = None) -> QueryResult:
         """Answer ``prompt`` (a string, or a conversation ending with the user's turn).
         Before any call the plan is fit to the query (:mod:`moac.run.start_fit`); with a
         run ledger the query starts only once the run holds the fitted plan's worst case
@@ -244,6 +258,7 @@ class Executor:
         for the queries in flight and asks again)."""
         history = as_history(prompt)
         query = _Query(self, query_id, history, on_delta, on_restart, on_progress)
+        query.on_reasoning = on_reasoning
         failure = query.fit_at_start(admission)
         if failure is not None:
             return query.finish(None, None, failure=failure)
@@ -282,6 +297,7 @@ class _Query:
         self.on_delta = on_delta
         self.on_restart = on_restart
         self.on_progress = on_progress
+        self.on_reasoning: Callable[[str], None] | None = None
         self.start = executor.clock()
         self.started_at = executor.wall_clock()
         budget = executor.budget
@@ -568,7 +584,8 @@ class _Query:
                 completion_tokens=record.completion_tokens,
                 tokens_reported=record.tokens_reported, error_type=record.error_type,
                 http_status=record.http_status, finish_reason=record.finish_reason,
-                wait_s=record.queued_s)
+                wait_s=record.queued_s, reasoning_ttft_s=record.reasoning_ttft_s,
+                reasoning_tokens=record.reasoning_tokens, reasoning=record.reasoning or None)
         trace.write(CallRecord(
             run_id=self.x.run_id, query_id=self.query_id, pipeline=self.x.plan.pipeline,
             layer=call.layer, node=call.id, position=call.position, role=call.role,
@@ -607,7 +624,8 @@ class _Query:
                                                                     self.fit_plan),
             pipeline=None if self.unrouted else self.x.plan.pipeline, route=self.route,
             decisions=self.decisions, fit=list(self.fit), finish_reason=finish_reason,
-            fitted=self.fitted)
+            fitted=self.fitted,
+            reasoning=self.outcomes[answered_by].reasoning if answered_by else None)
         if self.x.trace is not None and not self.finished:
             self.x.trace.write(QueryRecord(
                 run_id=self.x.run_id, query_id=self.query_id,

@@ -68,8 +68,9 @@ def context_refused(model: ModelSpec, prompt_bound: int, max_tokens: int, error:
 
 def floor_tokens(model: ModelSpec, max_tokens: int) -> int:
     """The shortest answer worth asking for when a budget or a context forces a shorter one:
-    the model's typical answer (its ``length``), or ``max_tokens`` when that is less."""
-    return min(model.answer_tokens, max_tokens)
+    the model's typical answer (its ``length``) after its typical thinking (a reasoning
+    model's limit bounds both), or ``max_tokens`` when that is less."""
+    return min(model.answer_tokens + model.thinking_tokens, max_tokens)
 
 
 _HUGE = 10 ** 15  # "as many as you like": an int, so callers can compare and subtract

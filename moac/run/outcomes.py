@@ -28,6 +28,8 @@ class CallOutcome:
     cached_usd: float = 0.0     # what its answers from a response cache would have cost
     cached_tflops: float = 0.0
     left_out: bool = False      # skipped for its budget or context: the stage shrinks
+    reasoning: str = ""         # the thinking it showed (never read by a later call unless asked)
+    reasoning_tokens: int = 0   # of its completion tokens
 
     @property
     def ok(self) -> bool:
@@ -82,6 +84,7 @@ class QueryResult:
     # The answer's own finish_reason ("stop"; "length" when max_tokens cut it), as a server
     # returns it; None without an answer.
     finish_reason: str | None = None
+    reasoning: str | None = None  # the answering call's thinking, apart from the answer
     # How the plan was fit to this query before its first call (moac.run.start_fit): the
     # sub-plan run, its agents of those declared, what it gave up; None: the declared plan.
     fitted: dict[str, Any] | None = None

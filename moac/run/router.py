@@ -113,9 +113,10 @@ class RouteExecutor:
     async def run(self, prompt: str | Messages, *, query_id: str = "q0",
                   on_delta: Callable[[str], None] | None = None,
                   on_restart: Callable[[str, str], None] | None = None,
-                  admission: str = "fail", on_progress=None) -> QueryResult:
-        """Choose and answer (see the module docstring); ``admission`` as in
-        :meth:`moac.run.executor.Executor.run`."""
+                  admission: str = "fail", on_progress=None,
+                  on_reasoning: Callable[[str], None] | None = None) -> QueryResult:
+        """Choose and answer (see the module docstring); ``admission`` and
+        ``on_reasoning`` as in :meth:`moac.run.executor.Executor.run`."""
         history = as_history(prompt)
         run = self.run_ledger
         choice = self.choose(history, run.headroom_usd() if run is not None
@@ -123,6 +124,7 @@ class RouteExecutor:
         first = choice.target or next(iter(self.executors))
         query = _Query(self.executors[first], query_id, history, on_delta, on_restart,
                        on_progress)
+        query.on_reasoning = on_reasoning
         query.route = self.route.name
         if choice.target is None:  # nothing fits: no candidate ran, none answered
             if admission == "shrink":

@@ -68,6 +68,13 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """Thinking the final stage showed (only from ``Runner.stream(..., reasoning=True)``);
+    it comes before the answer's :class:`Delta` events, never among them."""
+    text: str
+
+
+@dataclass(frozen=True)
 class Restart:
     """The attempt that streamed the text so far failed: that text is void, and the answer
     starts over (from a retry or the fallback)."""
@@ -83,8 +90,9 @@ class AnswerStream:
     :attr:`result` holds the :class:`~moac.run.executor.QueryResult` once iteration ends (and
     iteration re-raises what the run raised). Leaving early: ``await stream.aclose()``."""
 
-    def __init__(self, runner: "Runner", prompt, query_id: str):
+    def __init__(self, runner: "Runner", prompt, query_id: str, reasoning: bool = False):
         self._runner, self._prompt, self._query_id = runner, prompt, query_id
+        self._reasoning = reasoning
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.result: QueryResult | None = None
@@ -95,11 +103,14 @@ class AnswerStream:
         return self
 
     async def _run(self) -> QueryResult:
+        more = {"on_reasoning": lambda text: self._queue.put_nowait(Reasoning(text))} \
+            if self._reasoning else {}
         try:
             return await self._runner.run(
                 self._prompt, query_id=self._query_id,
                 on_delta=lambda text: self._queue.put_nowait(Delta(text)),
-                on_restart=lambda node, why: self._queue.put_nowait(Restart(node, why)))
+                on_restart=lambda node, why: self._queue.put_nowait(Restart(node, why)),
+                **more)
         finally:
             self._queue.put_nowait(_END)
 
@@ -297,16 +308,19 @@ class Runner:
     async def run(self, prompt, *, query_id: str = "q0",
                   on_delta: Callable[[str], None] | None = None,
                   on_restart: Callable[[str, str], None] | None = None,
-                  on_progress: Callable[[QueryProgress], None] | None = None) -> QueryResult:
+                  on_progress: Callable[[QueryProgress], None] | None = None,
+                  on_reasoning: Callable[[str], None] | None = None) -> QueryResult:
         """Answer one prompt (a string, or a conversation ending with the user's turn).
         ``on_progress`` hears where the query stands as each stage starts and each of its
-        calls ends."""
+        calls ends; ``on_reasoning`` the final stage's thinking, apart from its answer."""
         return await self.executor.run(prompt, query_id=query_id, on_delta=on_delta,
-                                       on_restart=on_restart, on_progress=on_progress)
+                                       on_restart=on_restart, on_progress=on_progress,
+                                       on_reasoning=on_reasoning)
 
-    def stream(self, prompt, *, query_id: str = "q0") -> AnswerStream:
-        """Answer one prompt as an async iterator of :class:`Delta`/:class:`Restart`."""
-        return AnswerStream(self, prompt, query_id)
+    def stream(self, prompt, *, query_id: str = "q0", reasoning: bool = False) -> AnswerStream:
+        """Answer one prompt as an async iterator of :class:`Delta`/:class:`Restart`
+        (and :class:`Reasoning`, the final stage's thinking, with ``reasoning``)."""
+        return AnswerStream(self, prompt, query_id, reasoning)
 
     async def run_many(self, prompts: Sequence, *,
                        concurrency: int = DEFAULT_RUN_CONCURRENCY) -> list[QueryResult]:
@@ -628,6 +642,7 @@ def stderr_progress(stream=None) -> Callable[[BatchProgress], None]:
 
 
 __all__ = ["AnswerStream", "BatchProgress", "Delta", "MissingApiKey", "PromptItem",
-           "ProviderError", "Restart", "RunError", "Runner", "answered", "compact_answers",
+           "ProviderError", "Reasoning", "Restart", "RunError", "Runner", "answered",
+           "compact_answers",
            "default_answers_path", "load_prompts", "read_answers", "run_plan",
            "stderr_progress", "summary_line"]

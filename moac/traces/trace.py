@@ -69,7 +69,10 @@ class CallRecord(Record):
     the error that ended the call (on its last attempt), or why it was skipped or cancelled;
     ``error_body`` the redacted start of a malformed response's body. ``max_tokens`` is what
     the call was sent with: below the agent's own when the budget clamped it. ``wait_s``: the
-    seconds the attempt waited to start (the provider key's pacer, a free slot, a cool-down)."""
+    seconds the attempt waited to start (the provider key's pacer, a free slot, a cool-down).
+    A reasoning model's thinking: ``reasoning`` what it showed of it, ``reasoning_tokens`` the
+    part of ``completion_tokens`` it took (as reported, else estimated), ``reasoning_ttft_s``
+    from the start to its first text (``ttft_s`` is to the answer's)."""
 
     type: Literal["call"] = "call"
     run_id: str
@@ -100,6 +103,9 @@ class CallRecord(Record):
     max_tokens: int | None = None
     cached: bool = False  # answered from a response cache: cost_usd 0, nothing sent
     wait_s: float = 0.0   # waited before the attempt: the key's pacer, a slot, a cool-down
+    reasoning_ttft_s: float | None = None
+    reasoning_tokens: int = 0
+    reasoning: str | None = None
 
 
 class SkippedNode(Record):
