@@ -351,8 +351,9 @@ def test_a_tight_budget_is_fit_at_query_start_by_the_planner(tmp_path):
     assert set(fitted["dropped"]) == {s.node for s in result.skipped}
     assert all(s.reason.startswith("fit: dropped at query start") for s in result.skipped)
     assert any(g.startswith("dropped layer refine (6 agents)") for g in fitted["gave_up"])
-    assert result.fit[0].startswith("fit at query start to max_usd $0.0050 with the prompt "
-                                    "at its bound of 48 tokens: propose[")
+    assert result.fit[0].startswith("fit at query start (expected $0.0312 > max_usd $0.0050, "
+                                    "the prompt at its bound of 48 tokens): propose[")
+    assert fitted["over"] == ["$0.0312 > max_usd $0.0050"]
     assert result.fit[1:] == fitted["gave_up"]  # and nothing was left out at run time
     line = records[-1]
     assert line["fitted"] == fitted and line["fit"] == result.fit

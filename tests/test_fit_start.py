@@ -103,7 +103,8 @@ def test_no_query_spends_then_fails_for_budget_and_no_request_cannot_fit(tmp_pat
     fitted = result.fitted
     if fitted is not None:  # the start fit shrank the plan: said, with what it gave up
         assert set(fitted["dropped"]) <= set(skipped)
-        assert result.fit[0].startswith("fit at query start to max_usd")
+        assert result.fit[0].startswith("fit at query start (")
+        assert all("max_usd" in o or "max_latency" in o for o in fitted["over"])
         assert fitted["agents"] == 13 - sum(1 for n in fitted["dropped"]
                                             if n.startswith(("propose", "refine")))
         assert records[-1]["fitted"] == fitted
@@ -353,3 +354,23 @@ pipeline two {{
     assert "SHORT_KEY holds fewer than 8 characters" in done.stderr
     assert "UNSET_KEY is not set" in done.stderr
     assert "[REDACTED]" not in done.stderr  # nothing mangled
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+def test_a_route_chooses_within_what_is_left_of_the_run(tmp_path):
+    """No per-query bound, the run's total between full's and lite's cost: the budget
+    policy takes the cheaper candidate, the run's rest standing for max_usd; lite's
+    estimate with the prompt at its bound fits that rest, so it runs whole, and its calls
+    are held against the rest (the aggregator's answer and references are cut to it)."""
+    from test_route import BUDGET_ROUTE, PROMPT, costs, route_plan, run_route
+    cost = costs("http://127.0.0.1:9/v1")
+    between = (cost["full"] + cost["lite"]) / 2
+    ran = run_route(lambda url: route_plan(url, BUDGET_ROUTE), [PROMPT], tmp_path,
+                    max_usd_total=between)
+    result = ran.results[0]
+    assert result.ok and result.pipeline == "lite", result.errors
+    decision = result.decisions[0]
+    assert decision["chosen"] == "lite" and "full over budget" in decision["reason"]
+    assert result.cost_usd <= between and result.fitted is None
+    assert "aggregate.agg: its references were shortened to fit the budget" in result.fit

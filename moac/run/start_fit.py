@@ -163,14 +163,18 @@ def _exact(x: Executor, history: list[dict], fit: StartFit, room: Room) -> Start
 
 def _shrink(x: Executor, prompt_max: int, fit: StartFit, room: Room) -> None:
     """``on_over_budget = shrink``: the planner's sub-plan for this prompt and room."""
-    from planner import NothingFits, estimate, fits, prune
+    from planner import NothingFits, estimate, prune, violations
     from planner.subplan import build, describe, full_choice
 
     plan, budget = x.plan, room.budget
     base = _without(plan, fit.dropped)
     reduced = build(plan, base) if base != full_choice(plan) else plan
     search = None
-    if fits(estimate(reduced, prompt_max, budget.mode), budget):
+    over = violations(estimate(reduced, prompt_max, budget.mode), budget)
+    if room.by_run and budget.max_usd is not None:
+        over = [o.replace(f"max_usd ${budget.max_usd:.4f}", room.usd_label) for o in over]
+    why = f"{budget.mode} {'; '.join(over)}" if over else "contexts"
+    if not over:
         chosen, gave_up = full_choice(reduced), []
     else:
         try:
@@ -189,7 +193,7 @@ def _shrink(x: Executor, prompt_max: int, fit: StartFit, room: Room) -> None:
     kept = _kept(plan, base, chosen)
     for node_id in plan.graph.nodes:
         if node_id not in kept and node_id not in fit.dropped:
-            fit.dropped[node_id] = f"fit: dropped at query start to fit {room.usd_label}"
+            fit.dropped[node_id] = f"fit: dropped at query start ({why})"
     if not fit.dropped:
         return
     fitted = build(reduced, chosen)
@@ -198,13 +202,13 @@ def _shrink(x: Executor, prompt_max: int, fit: StartFit, room: Room) -> None:
     running = _agents(plan, set(fit.dropped))
     context = [f"{n}: {why}" for n, why in fit.dropped.items() if why.startswith("context:")]
     shape = describe(reduced, chosen)
-    fit.notes = [f"fit at query start to {room.usd_label} with the prompt at its bound of "
-                 f"{prompt_max:,} tokens: {shape}, {running} of {declared} agents, "
-                 f"{dollars(after.usd)} {budget.mode}"] + context + gave_up
+    fit.notes = [f"fit at query start ({why}, the prompt at its bound of {prompt_max:,} "
+                 f"tokens): {shape}, {running} of {declared} agents, {dollars(after.usd)} "
+                 f"{budget.mode}"] + context + gave_up
     fit.plan = fitted
     fit.summary = {"plan": shape, "agents": running, "declared_agents": declared,
                    "dropped": sorted(fit.dropped), "gave_up": context + gave_up,
-                   "room_usd": budget.max_usd, "room_by": room.usd_label,
+                   "room_usd": budget.max_usd, "room_by": room.usd_label, "over": over,
                    "estimate_usd": round(after.usd, 6), "mode": budget.mode,
                    "prompt_max_tokens": prompt_max, "search": search}
 
