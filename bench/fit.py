@@ -1,6 +1,7 @@
 """Fitting queries to their budget and contexts: prints figures, asserts nothing.
 
     python bench/fit.py [--prompts 100] [--max-usd 0.05] [--count bytes|fake] [--seed 0]
+                        [--no-search]
 
 The paper's MoA (examples/moa.moa: 6 proposers, 6 refiners, an aggregator and its
 fallback) answers prompts of mixed length, 100 to 8,000 words (log-uniform; one in ten
@@ -17,7 +18,9 @@ CJK, one in ten numbers), under a per-query ``--max-usd``, against the tests' fa
 Printed: queries answered; refused up front (failed before any call: nothing spent);
 failed after spending (the goal is 0); the mean number of agents the start fit kept (of the
 13 declared) and of calls made; dollars spent (and the most any query spent); requests the
-server refused for their context (the goal is 0).
+server refused for their context (the goal is 0). ``--no-search`` is the baseline: the
+planner's search at query start is skipped (contexts and the smallest plan are still checked
+there), leaving the run time fit alone to keep the query within its budget.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def prompt_of(words: int, rng: random.Random) -> tuple[str, str]:
 
 
 async def bench(args) -> None:
+    if args.no_search:
+        import moac.run.start_fit as start_fit
+        start_fit._shrink = lambda *_: None
     rng = random.Random(args.seed)
     lengths = [round(100 * (80 ** rng.random())) for _ in range(args.prompts)]
     prompts = [prompt_of(n, rng) for n in lengths]
@@ -64,7 +70,10 @@ async def bench(args) -> None:
         program = moac.compile_file(ROOT / "examples" / "moa.moa")
         plan = program.plan("moa", BudgetSpec(max_usd=args.max_usd))
         plan.graph.graph["providers"] = {
-            name: server.provider_spec(name, parallel=64, timeout_s=60.0, read_timeout_s=30.0)
+            # Timeouts and retries generous: a loaded machine's slow connection is not what
+            # this measures.
+            name: server.provider_spec(name, parallel=64, timeout_s=120.0, read_timeout_s=60.0,
+                                       connect_timeout_s=30.0, max_retries=2)
             for name in plan.providers}
         for model in plan.models.values():
             server.context_limits[model.model_id] = model.context_tokens
@@ -82,12 +91,16 @@ async def bench(args) -> None:
     why = Counter(r.errors[0].split(":", 1)[0] for r in up_front)
     by_kind = Counter(kind for (kind, _), r in zip(prompts, results) if r.ok)
     shrunk = sum(1 for r in results if r.fitted)
+    bounds = Counter(("max_latency" if "max_latency" in o else "dollars")
+                     for r in results if r.fitted for o in r.fitted["over"])
+    bounds["contexts"] = sum(1 for r in results if r.fitted and any(
+        g.split(": ", 1)[-1].startswith("context:") for g in r.fitted["gave_up"]))
     at_run_time = sum(1 for r in ran for s in r.skipped
                       if not s.reason.startswith(("fit:", "context:")))
     print(f"bench/fit.py: {args.prompts} prompts of {min(lengths):,} to {max(lengths):,} words "
           f"through the paper's MoA, max_usd ${args.max_usd:g}, the fake counting "
-          f"{'a token a byte' if args.count == 'bytes' else 'four characters a token'}, "
-          f"{seconds:.1f}s")
+          f"{'a token a byte' if args.count == 'bytes' else 'four characters a token'}"
+          f"{', without the search at query start' if args.no_search else ''}, {seconds:.1f}s")
     print(f"  answered                 {len(answered):>5}   "
           f"({', '.join(f'{k} {v}' for k, v in sorted(by_kind.items()))})")
     print(f"  refused up front         {len(up_front):>5}   "
@@ -97,7 +110,8 @@ async def bench(args) -> None:
         print(f"    {result.query_id}: {'; '.join(result.errors[:2])[:200]}")
     if kept:
         print(f"  agents kept at start     {sum(kept) / len(kept):>8.2f} of 13 (mean over the "
-              f"{len(ran)} that ran; {shrunk} shrunk)")
+              f"{len(ran)} that ran; {shrunk} shrunk: "
+              f"{', '.join(f'{k} {v}' for k, v in sorted(bounds.items()))})")
         print(f"  calls made               {sum(r.started_calls for r in ran) / len(ran):>8.2f}"
               f" a query ({at_run_time} calls left out at run time in all)")
     spent = sum(r.cost_usd for r in results)
@@ -115,6 +129,8 @@ def main() -> None:
     parser.add_argument("--count", choices=("bytes", "fake"), default="bytes")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-search", action="store_true",
+                        help="the baseline: no planner search at query start")
     asyncio.run(bench(parser.parse_args()))
 
 
