@@ -374,3 +374,45 @@ def test_a_route_chooses_within_what_is_left_of_the_run(tmp_path):
     assert decision["chosen"] == "lite" and "full over budget" in decision["reason"]
     assert result.cost_usd <= between and result.fitted is None
     assert "aggregate.agg: its references were shortened to fit the budget" in result.fit
+
+
+def test_moac_run_fits_the_query_and_says_so(tmp_path):
+    """`moac run --max-usd` runs the declared plan, fit at the query's start (no planner
+    report for an assumed prompt): the summary line names the sub-plan it ran."""
+    from fake_openai import serve_in_thread
+    source = '''provider p {{
+  kind = openai
+  base_url = "{url}"
+  api_key = env FAKE_OPENAI_KEY
+  max_retries = 0
+}}
+model a = p "model-a" {{
+  price = $1.00/M
+  params = 10B
+  context = 32k
+  length = 50 tok
+}}
+model b = p "model-b" {{
+  price = $1.00/M
+  params = 10B
+  context = 32k
+  length = 50 tok
+}}
+pipeline trio {{
+  max_tokens = 100
+  layer propose = a x 3 (seed = 1)
+  aggregate b
+}}
+'''
+    with serve_in_thread(api_key=KEY) as server:
+        path = tmp_path / "trio.moa"
+        path.write_text(source.format(url=server.url))
+        env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-m", "moac", "run", str(path), "--prompt",
+                               words(300), "--max-usd", "$0.005"], capture_output=True,
+                              text=True, env=env, timeout=60)
+        sent = len(server.requests)
+    assert done.returncode == 0, done.stderr
+    assert "fit to propose[a] -> b (2 of 4 agents)" in done.stderr
+    assert "before" not in done.stderr  # no compile-time planner report
+    assert sent == 2

@@ -35,9 +35,16 @@ Contract of :meth:`Executor.run`:
   its worst case again before it starts and is not made when that fails (see
   :func:`retry_sleep`): holding every attempt up front would triple every hold (two
   retries by default) and stop calls that would fit.
+- **Start fit.** Before its first call the plan is fit to the query's real prompt
+  (:mod:`moac.run.start_fit`): calls whose context cannot take it are dropped, the planner's
+  search keeps the best sub-plan that fits what the query may spend and its deadline (or,
+  with ``on_over_budget = fail``, the exact plan's worst case must fit); the dropped calls are
+  ``skipped`` lines, left out as the budget leaves calls out, and the choice is
+  :attr:`QueryResult.fitted`. Not even the smallest plan fits: the query fails, nothing sent.
 - **Run budget.** With a run ledger (``--max-usd-total``) a query is admitted only if the run
-  can hold the query's whole worst case (:meth:`Executor.worst_case_usd`), so no query starts
-  that the run could not finish paying for; its calls are checked against the run as well,
+  can hold the fitted plan's whole worst case (:meth:`Executor.worst_case_usd`), so no query
+  starts that the run could not finish paying for (or, as ``admission`` says, it is fit to
+  what is left of the run); its calls are checked against the run as well,
   beyond that admission. Holds are synchronous on one event loop, so concurrent queries cannot
   both pass a check that only one fits.
 - **Outcomes, not exceptions.** Expected provider errors never escape: a call ends ``ok``,
