@@ -77,9 +77,7 @@ import uuid
 from collections import Counter
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from moac.constants import (
-    DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S, MAX_ANSWER_BYTES_PER_TOKEN, REASONING_REFERENCE,
-)
+from moac.constants import DEADLINE_GRACE_S, DEFAULT_QUERY_DEADLINE_S
 from moac.ir import CallNode, LayerInfo, Plan
 from moac.ir.prompts import (
     estimate_tokens, input_max_tokens, input_tokens, messages_max_tokens, messages_tokens,
@@ -95,7 +93,7 @@ from moac.run.agent_call import (  # noqa: F401 (retry_sleep and BudgetStop: par
     AgentCall, BudgetStop, Node, attempt_cost, retry_sleep,
 )
 from moac.run.fitting import Cost, floor_tokens
-from moac.run.start_fit import Room, StartFit, fit_query
+from moac.run.start_fit import StartFit, start, worst_case
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -195,33 +193,8 @@ class Executor:
         return self.worst_case(history, dropped).usd
 
     def worst_case(self, history: Messages, dropped=()) -> Cost:
-        """:meth:`worst_case_usd`, with its TFLOPs. A stage reads the answers of the latest
-        stage before it that runs (as the executor does when a whole layer is dropped)."""
-        prompt = messages_max_tokens(history)
-        answered: list[int] = []
-        usd = tflops = 0.0
-        for layer in self.stages:
-            written = []
-            for node_id in layer.nodes:
-                if node_id in dropped:
-                    continue
-                node = self.nodes[node_id]
-                call = node.call
-                # Read with its thinking, an answer brings the tags around it too.
-                tags = len(REASONING_REFERENCE.encode()) \
-                    if call.references == "with_reasoning" else 0
-                reads = [bound + tags for bound in answered] if call.prompt is not None else []
-                reading = input_max_tokens(prompt, system=call.system,
-                                           template=call.prompt if reads else None,
-                                           answers=reads)
-                # An answer of max_tokens is read as up to a token a byte of it (its
-                # thinking and its answer share that limit).
-                written.append(call.sampling.max_tokens * MAX_ANSWER_BYTES_PER_TOKEN)
-                usd += attempt_cost(node.model, reading, call.sampling.max_tokens)
-                tflops += node.model.tflops(reading + call.sampling.max_tokens)
-            if written:
-                answered = written
-        return Cost(usd, tflops)
+        """:meth:`worst_case_usd`, with its TFLOPs (:func:`moac.run.start_fit.worst_case`)."""
+        return worst_case(self, history, dropped)
 
     def remaining_usd(self, history: Messages, outcomes: Mapping[str, CallOutcome],
                       start: int, mode: str = "expected") -> float:
@@ -358,40 +331,9 @@ class _Query:
         self.fit.append(text)
 
     def fit_at_start(self, admission: str = "fail") -> str | None:
-        """Fit the plan to this query before its first call (:func:`fit_query`) and have
-        the run admit it (``admission`` as in :meth:`Executor.run`): why it cannot start
-        (the caller finishes it with that failure), else None. Writes nothing."""
-        x, run = self.x, self.x.run_ledger
-        left = run.headroom_usd() if run is not None and admission != "raise" else None
-        room = Room.of(x.budget, left, self.limit_s)
-        fit = fit_query(x, self.history, room)
-        if fit.failure is not None:
-            if not fit.by_run:
-                return fit.failure
-            if admission == "shrink":
-                raise BudgetRefused(fit.failure)
-            self.causes.append(f"not started: {fit.failure}")
-            return "the run's budget is spent"
-        self.dropped = dict(fit.dropped)
-        self.fit.extend(fit.notes)
-        self.fitted = dict(fit.summary) if fit.summary is not None else None
-        self.fit_plan = fit.plan
-        self.final_reserve = x.final_reserve(self.history, self.dropped)
-        if room.by_run:
-            # What the run has left is this query's limit: the aggregator's reserve is
-            # kept against it, as against max_usd.
-            self.ledger.max_usd = room.budget.max_usd
-            self.ledger.label = "share of the run's max_usd_total"
-        if run is not None:
-            worst = x.worst_case_usd(self.history, self.dropped)
-            cap = room.budget.max_usd
-            why = self.ledger.admit(worst if cap is None else min(worst, cap))
-            if why is not None:
-                if admission != "fail":
-                    raise BudgetRefused(why)
-                self.causes.append(f"not started: {why}")
-                return "the run's budget is spent"
-        return None
+        """Fit the plan to this query and have the run admit it
+        (:func:`moac.run.start_fit.start`): why it cannot start, else None."""
+        return start(self, admission)
 
     async def execute(self, start: int = 0) -> QueryResult:
         """Stages ``start`` onwards, then the final stage; the query's result."""

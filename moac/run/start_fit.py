@@ -34,17 +34,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from moac.constants import FIT_SEARCH_TIME_LIMIT_S
+from moac.constants import (
+    FIT_SEARCH_TIME_LIMIT_S, MAX_ANSWER_BYTES_PER_TOKEN, REASONING_REFERENCE,
+)
 from moac.ir.prompts import input_max_tokens, messages_max_tokens
 from moac.ir.spec import BudgetSpec
-from moac.run.fitting import floor_tokens
+from moac.run.fitting import Cost, floor_tokens
+from moac.run.ledger import BudgetRefused
 from moac.text import dollars
 
 if TYPE_CHECKING:
     from moac.ir import Plan
 
-# ``x`` below is the query's moac.run.executor.Executor (not imported: it imports this).
+# ``x`` below is the query's moac.run.executor.Executor, ``query`` its _Query (not
+# imported: that module imports this one).
 Executor = Any
+Query = Any
 
 _FITS_KEPT = 1024  # (prompt bound, room) pairs whose fit is remembered
 
@@ -77,6 +82,73 @@ class Room:
             return cls(budget.model_copy(update={"max_usd": run_left}),
                        f"what is left of the run's max_usd_total ({dollars(run_left)})", True)
         return cls(budget, f"max_usd {dollars(own)}" if own is not None else "max_usd")
+
+
+def start(query: Query, admission: str = "fail") -> str | None:
+    """Fit ``query``'s plan to it before its first call (:func:`fit_query`) and have the run
+    admit it (``admission`` as in :meth:`moac.run.executor.Executor.run`): why it cannot
+    start (the caller finishes it with that failure), else None. Writes nothing."""
+    x, run = query.x, query.x.run_ledger
+    left = run.headroom_usd() if run is not None and admission != "raise" else None
+    room = Room.of(x.budget, left, query.limit_s)
+    fit = fit_query(x, query.history, room)
+    if fit.failure is not None:
+        if not fit.by_run:
+            return fit.failure
+        if admission == "shrink":
+            raise BudgetRefused(fit.failure)
+        query.causes.append(f"not started: {fit.failure}")
+        return "the run's budget is spent"
+    query.dropped = dict(fit.dropped)
+    query.fit.extend(fit.notes)
+    query.fitted = dict(fit.summary) if fit.summary is not None else None
+    query.fit_plan = fit.plan
+    query.final_reserve = x.final_reserve(query.history, query.dropped)
+    if room.by_run:
+        # What the run has left is this query's limit: the aggregator's reserve is kept
+        # against it, as against max_usd.
+        query.ledger.max_usd = room.budget.max_usd
+        query.ledger.label = "share of the run's max_usd_total"
+    if run is not None:
+        worst = x.worst_case_usd(query.history, query.dropped)
+        cap = room.budget.max_usd
+        why = query.ledger.admit(worst if cap is None else min(worst, cap))
+        if why is not None:
+            if admission != "fail":
+                raise BudgetRefused(why)
+            query.causes.append(f"not started: {why}")
+            return "the run's budget is spent"
+    return None
+
+
+def worst_case(x: Executor, history, dropped=()) -> Cost:
+    """A query's worst case (:meth:`~moac.run.executor.Executor.worst_case_usd`), dollars and
+    TFLOPs, without the calls in ``dropped``: a stage reads the answers of the latest stage
+    before it that runs (as the executor does when a whole layer is dropped)."""
+    prompt = messages_max_tokens(history)
+    answered: list[int] = []
+    usd = tflops = 0.0
+    for layer in x.stages:
+        written = []
+        for node_id in layer.nodes:
+            if node_id in dropped:
+                continue
+            node = x.nodes[node_id]
+            call = node.call
+            # Read with its thinking, an answer brings the tags around it too.
+            tags = len(REASONING_REFERENCE.encode()) if call.references == "with_reasoning" \
+                else 0
+            reads = [bound + tags for bound in answered] if call.prompt is not None else []
+            reading = input_max_tokens(prompt, system=call.system,
+                                       template=call.prompt if reads else None, answers=reads)
+            # An answer of max_tokens is read as up to a token a byte of it (its thinking
+            # and its answer share that limit).
+            written.append(call.sampling.max_tokens * MAX_ANSWER_BYTES_PER_TOKEN)
+            usd += node.model.usd(reading, call.sampling.max_tokens)
+            tflops += node.model.tflops(reading + call.sampling.max_tokens)
+        if written:
+            answered = written
+    return Cost(usd, tflops)
 
 
 def fit_query(x: Executor, history: list[dict], room: Room) -> StartFit:
