@@ -1,8 +1,14 @@
 """Fitting a query's plan before its first call, with its real prompt.
 
-The executor calls :func:`fit_query` once per query, before anything is sent. Token counts
-are the true upper bound the budget's holds use (:func:`moac.ir.prompts.messages_max_tokens`:
-a token a UTF-8 byte), so what is decided here is what the holds will find.
+The executor calls :func:`start` once per query, before anything is sent: it fits the plan
+(:func:`fit_query`) to the query's *room* (:class:`Room`: its budget, ``max_usd`` lowered to
+what is left of the run's ``--max-usd-total`` when that is less, the deadline as
+``max_latency``), applies the choice to the query, and has the run admit the fitted plan's
+worst case (at most the room); when the run's rest bounds the query, that rest becomes the
+query ledger's limit, so the aggregator's reserve is kept against it. Token counts are the
+true upper bound the budget's holds use (:func:`moac.ir.prompts.messages_max_tokens`: a
+token a UTF-8 byte), so what is decided here is what the holds will find. A fit is cached
+per prompt bound and room.
 
 Contract of :func:`fit_query`, in order:
 
@@ -21,7 +27,7 @@ Contract of :func:`fit_query`, in order:
    gave up. When not even the planner's smallest plan fits its estimate (but step 2 passed:
    its holds will), the smallest plan runs.
    ``on_over_budget = fail``: the plan stays exact. Its worst case
-   (:meth:`~moac.run.executor.Executor.worst_case`: every call writing its ``max_tokens``,
+   (:func:`worst_case`: every call writing its ``max_tokens``,
    every prompt and answer at its byte bound) must fit the room, and no call may be dropped
    for its context; else the query fails, naming the cost. A plan whose worst case fits never
    needs the run time fit, so nothing is shrunk once it starts.
