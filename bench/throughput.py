@@ -4,7 +4,7 @@
 
 MoA-Lite batches (examples/moa_lite.moa: six proposers and an aggregator, 7 calls a query)
 at concurrency 16 against the tests' fake server (tests/fake_openai.py, in a process of its
-own, answers of 200 tokens after 50 ms) enforcing a limit as
+own, answers of 20 tokens after 50 ms: cheap to serve, so that the limit binds) enforcing a limit as
 providers do (tests/fake_ratelimit.py: per-second buckets, OpenAI's x-ratelimit-* headers
 on every answer, 429 with Retry-After past the limit). For each scenario: queries answered,
 wall time against the time the limit allows (its calls at the limit's rate, the first
@@ -141,7 +141,7 @@ def fake_provider(s: Scenario, latency_s: float):
     as the scenario says; yields its URL."""
     port = free_port()
     argv = [sys.executable, "-m", "tests.fake_openai", "--port", str(port), "--api-key", KEY,
-            "--latency-ms", str(latency_s * 1000), "--tokens", "200", "--rpm", str(s.rpm)]
+            "--latency-ms", str(latency_s * 1000), "--tokens", "20", "--rpm", str(s.rpm)]
     if s.tpm:
         argv += ["--tpm", str(s.tpm)]
     if not s.headers:
@@ -173,7 +173,7 @@ def run(s: Scenario, *, latency_s: float, baseline: bool) -> None:
         calls = s.queries * CALLS_PER_QUERY
         # Tokens charged per query: each call's prompt and max_tokens (512 a proposer, 2,048
         # the aggregator), the aggregator's prompt holding the six answers.
-        tokens = s.queries * (6 * (512 + 30) + 2048 + 6 * 200 + 60)
+        tokens = s.queries * (6 * (512 + 30) + 2048 + 6 * 20 + 60)
         need = allowed_s(s, calls, tokens)
         refused, sent = limit["refused"], limit["admitted"] + limit["refused"]
         print(f"{s.name:<20} {who:<6} {ok:>4}/{s.queries:<4} answered  {wall:6.1f} s = "

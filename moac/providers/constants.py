@@ -43,11 +43,11 @@ SHARE_SLOWDOWN_BELOW = 0.5
 # Without headers, starts begin at this rate after the key's first answer and double every
 # second until a 429 (TCP's slow start: a limit of 6,000 rpm is reached in four seconds).
 SLOW_START_REQUESTS_PER_S = 8.0
-# Then AIMD: on a 429 the rate is halved; every answer adds this many requests a second, or
-# this share of the current rate when more (a fast limit is found again as soon).
+# Then AIMD: on a 429 the rate is halved; every answer adds this many requests a second
+# (a halved rate of r is whole again after 10 r answers: ten seconds at any rate, so the
+# limit is probed, and refused, about once every ten seconds).
 AIMD_DECREASE = 0.5
-AIMD_INCREASE = 0.02
-AIMD_INCREASE_SHARE = 0.01
+AIMD_INCREASE = 0.05
 # A slow-down happens at most once this often (or once per Retry-After, when longer): the
 # 429s of requests already on their way say nothing new about the slower rate.
 SLOWDOWN_EVERY_S = 1.0

@@ -26,8 +26,9 @@ Contract of :class:`Pacer`:
   :data:`DEFAULT_PAUSE_S`); it is a pacing signal, never a model's failure.
 - **Ceilings.** A catalog's ``rpm``/``tpm`` are ceilings set on purpose (a key shared with
   other programs): the rate never goes above them.
-- **Tokens** are booked with the request's estimate when it starts and corrected with the
-  usage it reports (:meth:`Pacer.settle`).
+- **Tokens** are booked with the request's worst case when it starts (its prompt's bound
+  and ``max_tokens``, as providers count it) and corrected upward by the usage it reports
+  (:meth:`Pacer.settle`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import threading
 from typing import Callable
 
 from moac.providers.constants import (
-    AIMD_DECREASE, AIMD_INCREASE, AIMD_INCREASE_SHARE, BURST_S, DEFAULT_PAUSE_S,
+    AIMD_DECREASE, AIMD_INCREASE, BURST_S, DEFAULT_PAUSE_S,
     FIRST_STARTS_BEFORE_AN_ANSWER,
     LEARNED_FACTOR_INCREASE, SLOW_START_REQUESTS_PER_S, SLOWDOWN_EVERY_S, LEARNED_FACTOR_MIN, LEARNED_RATE_MARGIN, MIN_REQUESTS_PER_S,
     SHARE_SLOWDOWN_BELOW,
@@ -60,10 +61,12 @@ class _Gcra:
         self.tat = -INF
 
     def delay(self, now: float, amount: float = 1.0) -> float:
+        """Seconds until ``amount`` may start: when the schedule, with it booked, stays
+        within the burst (an amount larger than the burst waits for the burst alone)."""
         if not self.rate:
             return 0.0
-        tolerance = max(self.burst - 1.0, 0.0) / self.rate
-        return max(0.0, self.tat - tolerance - now)
+        amount = min(max(amount, 1.0), self.burst)
+        return max(0.0, self.tat + (amount - self.burst) / self.rate - now)
 
     def take(self, now: float, amount: float = 1.0) -> None:
         if self.rate:
@@ -106,6 +109,8 @@ class Pacer:
         self._grew_at = -INF
         self.starts = 0
         self._recent: collections.deque[float] = collections.deque(maxlen=256)
+        self._recent_tokens: collections.deque[tuple[float, float]] = \
+            collections.deque(maxlen=256)
 
     def set_ceilings(self, rpm: float | None, tpm: float | None,
                      burst: float | None = None) -> None:
@@ -140,10 +145,15 @@ class Pacer:
         self.tokens.take(now, tokens)
         self.starts += 1
         self._recent.append(now)
+        self._recent_tokens.append((now, tokens))
 
     def settle(self, estimated: float, actual: float) -> None:
-        """A start's tokens as the provider counted them, in place of the estimate."""
-        self.tokens.correct(actual - estimated)
+        """A start's tokens as the provider counted them, when more than the estimate it was
+        booked with. Never fewer: providers count ``max_tokens`` when a request starts
+        (OpenAI does) and return nothing for a shorter answer; one that does refund shows it
+        in its remaining-tokens header, which the learned rate follows."""
+        if actual > estimated:
+            self.tokens.correct(actual - estimated)
 
     # --- what the provider says ------------------------------------------------------------
 
@@ -180,10 +190,13 @@ class Pacer:
         first = not gcra.rate
         gcra.rate = max(rate, MIN_REQUESTS_PER_S if gcra is self.requests else 1.0)
         gcra.burst = max(1.0, min(gcra.rate * BURST_S, limit.remaining or 1.0))
-        if first and gcra is self.requests:
-            # The starts made before the rate was known count against its first burst.
+        if first:
+            # What started before the rate was known counts against its first burst.
             now = self.clock()
-            recent = sum(1 for t in self._recent if now - t < BURST_S)
+            if gcra is self.requests:
+                recent = sum(1 for t in self._recent if now - t < BURST_S)
+            else:
+                recent = sum(n for t, n in self._recent_tokens if now - t < BURST_S)
             gcra.tat = max(gcra.tat, now + recent / gcra.rate)
 
     def refused(self, retry_after: float | None, started: float | None = None) -> None:
@@ -237,7 +250,7 @@ class Pacer:
                 self.requests.rate = self._capped(self.requests.rate * 2)
                 self.requests.burst = max(1.0, self.requests.rate * BURST_S)
             return
-        rate = self.requests.rate + max(AIMD_INCREASE, self.requests.rate * AIMD_INCREASE_SHARE)
+        rate = self.requests.rate + AIMD_INCREASE
         if self.ceiling_rps is not None:
             rate = min(rate, self.ceiling_rps)
         self.requests.rate = rate
