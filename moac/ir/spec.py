@@ -143,6 +143,7 @@ class BudgetSpec(Spec):
     max_tflops: float | None = None
     mode: Literal["expected", "worst"] = "expected"
     on_over_budget: Literal["shrink", "fail"] = "shrink"
+    omit_default = ("on_over_budget",)
 
     @property
     def bounded(self) -> bool:
