@@ -142,6 +142,15 @@ def many_bad_escapes(size):
     return {"main.moa": _fill(PREAMBLE, lambda i: f"model x{i} = p \"bad \\q\"\n", "", size)}
 
 
+def derived_prompt(size):
+    # One long prompt in a base pipeline, and as many pipelines derived from it as fit:
+    # each derived pipeline is checked with the base's settings.
+    prompt = "{responses} " + "x" * (size // 2)
+    head = (PREAMBLE + f'pipeline base {{\n  prompt = "{prompt}"\n  layer a = m0\n'
+            "  layer b = m0\n  aggregate m0\n}\n")
+    return {"main.moa": _fill(head, lambda i: f"pipeline d{i} from base {{\n}}\n", "", size)}
+
+
 def import_chain(size):
     depth = getattr(constants, "MAX_IMPORT_DEPTH", 600)
     files = {f"f{i}.moa": f'import "f{i + 1}.moa"\n' for i in range(depth)}
@@ -164,6 +173,7 @@ SHAPES = {
     "many_models": ("small models", many_models, True),
     "many_errors": ("pipelines, each with an unknown model", many_errors, False),
     "bad_escapes": ("strings, each with a bad escape", many_bad_escapes, False),
+    "derived_prompt": ("pipelines derived from one with a long prompt", derived_prompt, True),
     "import_chain": ("an import chain at the depth limit", import_chain, False),
 }
 

@@ -12,6 +12,7 @@ each copy its own value; a single seed gives copies consecutive seeds so they di
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from moac import constants
@@ -159,10 +160,10 @@ def _apply_body(state: CheckState, name: str, flat: _Flat) -> _Flat:
         elif isinstance(stage, ast.Without):
             for ident in stage.layers:
                 if ident.name not in flat.layers:
-                    names = list(flat.layers)
                     reader.report("E306", f"pipeline '{name}' has no layer '{ident.name}' "
-                                  "to leave out", ident.span, hint=suggest(ident.name, names)
-                                  or ("its layers: " + ", ".join(names) if names else None))
+                                  "to leave out", ident.span,
+                                  hint=suggest(ident.name, flat.layers)
+                                  or _layers_hint(flat.layers))
                 else:
                     del flat.layers[ident.name]
         elif isinstance(stage, ast.Aggregate):
@@ -175,6 +176,15 @@ def _apply_body(state: CheckState, name: str, flat: _Flat) -> _Flat:
             aggregate_seen = stage
             flat.aggregate = (stage, path)
     return flat
+
+
+def _layers_hint(layers: dict) -> str | None:
+    """A pipeline's layers, the first few (a hint per error must not grow with the file)."""
+    if not layers:
+        return None
+    shown = list(itertools.islice(layers, 8))
+    more = len(layers) - len(shown)
+    return "its layers: " + ", ".join(shown) + (f" and {more:,} more" if more else "")
 
 
 class _Resolver:
@@ -218,7 +228,21 @@ class _Resolver:
     # --- values ------------------------------------------------------------------------
 
     def _value(self, reader: Reader, setting: ast.Setting, copies: int | None):
-        """A setting's value, or per-copy values (a list) for an agent with copies."""
+        """A setting's value, or per-copy values (a list) for an agent with copies.
+
+        Read once per setting (and number of copies) for the whole check: every pipeline
+        derived from a base reads the base's settings again, and a long prompt checked
+        once per derived pipeline would make the check quadratic in the file.
+        """
+        key = (id(setting), copies)
+        if key not in self.state.setting_values:
+            self.state.setting_values[key] = self._read_value(reader, setting, copies)
+        result = self.state.setting_values[key]
+        if result is None:
+            self.ok = False
+        return result
+
+    def _read_value(self, reader: Reader, setting: ast.Setting, copies: int | None):
         value = reader.single(setting)
         if value is None:
             self.ok = False

@@ -55,6 +55,8 @@ class CheckState:
     quality: QualitySpec = field(default_factory=QualitySpec)
     # (pipeline, layer index or -1 for the aggregator, -2 for the fallback, agent index)
     agent_sites: dict[tuple[str, int, int], AgentSite] = field(default_factory=dict)
+    # Each pipeline setting's value as read (None: reported), by (id of the setting, copies).
+    setting_values: dict[tuple[int, int | None], object] = field(default_factory=dict)
     # Agents the pipelines still to expand may add (MAX_WORKSPACE_AGENTS); -1 once passed.
     agents_left: int = field(default_factory=lambda: constants.MAX_WORKSPACE_AGENTS)
 

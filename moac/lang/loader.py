@@ -68,6 +68,14 @@ def _parsed(loader: "_Loader", text: str, display: str) -> ast.Module | None:
         return None
 
 
+def _real(path: str) -> str:
+    """The path with its links resolved: what identifies a file across imports."""
+    try:
+        return os.path.realpath(path)
+    except ValueError:  # a NUL in it: reading it will say so
+        return path
+
+
 @dataclass
 class _Frame:
     """A file being loaded: its imports are visited one by one before it is done."""
@@ -97,7 +105,7 @@ class _Loader:
         self._on_stack: dict[str, int] = {}  # real path -> its index in _stack
 
     def open_root(self, display: str) -> _Frame | None:
-        real = os.path.realpath(display)
+        real = _real(display)
         try:
             data, size = read_source_bytes(display)
             module = parse(decode_source(data, display, size), display)
@@ -140,7 +148,7 @@ class _Loader:
     def _visit(self, display: str, node: ast.Import, importer: _Frame) -> str | None:
         """The display path of an import already loaded; None when it is pushed to be
         loaded now (its importer gets it when it is done) or cannot be (reported)."""
-        real = os.path.realpath(display)
+        real = _real(display)
         if real in self._done:
             return self._done[real]
         if real in self._on_stack:
@@ -189,8 +197,9 @@ class _Loader:
             mode = os.stat(display).st_mode
         except FileNotFoundError:
             return "E103", f"imported file {named} not found (looked for {display})"
-        except OSError as error:
-            return "E006", f"imported file {named} cannot be read: {error.strerror or error}"
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+            return "E006", f"imported file {named} cannot be read: " \
+                           f"{getattr(error, 'strerror', None) or error}"
         if stat.S_ISDIR(mode):
             return "E107", f"imported {named} is a directory, not a .moa file"
         if not stat.S_ISREG(mode):

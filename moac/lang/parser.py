@@ -9,8 +9,8 @@ expected in the words a user types.
 Cost: every step is linear in the text, in time and memory. lark's LALR parser costs a few
 microseconds a token, so besides :data:`~moac.constants.MAX_SOURCE_BYTES` a file is held to
 :data:`~moac.constants.MAX_SOURCE_TOKENS` tokens (E003 at the token past the limit): 4 MiB of
-one-letter names would otherwise take a minute. Only regular files are read, and never more
-than the byte limit and one byte.
+one-letter names would otherwise take a quarter of a minute. Only regular files are read,
+and never more than the byte limit and one byte.
 """
 
 from __future__ import annotations
@@ -218,6 +218,9 @@ def read_source_bytes(path: str | os.PathLike) -> tuple[bytes, int]:
     except OSError as error:
         raise MoaSyntaxError([Diagnostic("E006", f"cannot read: {error.strerror or error}",
                                          shown, None)]) from None
+    except ValueError:  # a NUL in the path
+        raise MoaSyntaxError([Diagnostic("E006", "cannot read: the path holds a NUL character",
+                                         shown.replace("\x00", "\\0"), None)]) from None
     return data, max(info.st_size, len(data))
 
 
