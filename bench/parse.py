@@ -1,6 +1,6 @@
 """Front-end benchmark at the size limit: prints figures, asserts nothing.
 
-    python bench/parse.py [--size BYTES] [--timeout S] [--only SHAPE ...]
+    python bench/parse.py [--size BYTES] [--timeout S] [--only SHAPE ...] [--root CHECKOUT]
 
 Builds the worst shapes of a ``.moa`` file that the limits let through (each as large as
 :data:`moac.constants.MAX_SOURCE_BYTES` allows, or as a narrower limit of its own allows)
@@ -10,7 +10,8 @@ and measures, each in a fresh process so that one shape's garbage cannot hide an
   of every diagnostic, as ``moac check`` does;
 - ``fmt``: parse and format, as ``moac fmt`` does (only for shapes that parse).
 
-Each figure is wall time (and CPU time, which other load on the machine inflates less) and
+``--root`` measures another checkout's moac on the same files (the shapes are built at this
+checkout's limits), for a before-and-after. Each figure is wall time (and CPU time, which other load on the machine inflates less) and
 the peak resident memory the stage added over the process after start-up (``ru_maxrss``). Target (issue 12, item 5): every stage linear in the file's
 size with a small constant: a few seconds and a few hundred MB at worst, for 4 MiB.
 """
@@ -28,7 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if "--child" not in sys.argv:  # a child measures the moac its PYTHONPATH names (--root)
+    sys.path.insert(0, str(ROOT))
 
 from moac import constants  # noqa: E402
 
@@ -205,11 +207,11 @@ def _child(shape: str, stage: str, directory: str) -> None:
                       "outcome": outcome}))
 
 
-def _measure(shape: str, stage: str, directory: str, timeout: float) -> str:
+def _measure(shape: str, stage: str, directory: str, timeout: float, root: Path) -> str:
     command = [sys.executable, __file__, "--child", shape, stage, directory]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": str(root)})
     except subprocess.TimeoutExpired:
         return f"> {timeout:.0f} s (stopped)"
     if done.returncode != 0:
@@ -230,9 +232,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds before a stage is stopped")
     parser.add_argument("--only", nargs="*", choices=sorted(SHAPES), default=None)
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the checkout whose moac is measured (default: this one)")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; files of up to "
-          f"{args.size:,} bytes; time and peak memory added, each in a fresh process")
+          f"{args.size:,} bytes; time and peak memory added, each in a fresh process; "
+          f"moac from {args.root}")
     for name in args.only or SHAPES:
         description, build, parses = SHAPES[name]
         with tempfile.TemporaryDirectory() as directory:
@@ -244,8 +249,8 @@ def main() -> None:
             where = f"{size:,} B" if len(files) == 1 else f"{len(files)} files, {total:,} B"
             print(f"{name:14} {description} ({where})")
             for stage in ("check", "fmt") if parses else ("check",):
-                print(f"  {stage:5} {_measure(name, stage, directory, args.timeout)}",
-                      flush=True)
+                figures = _measure(name, stage, directory, args.timeout, args.root)
+                print(f"  {stage:5} {figures}", flush=True)
 
 
 if __name__ == "__main__":

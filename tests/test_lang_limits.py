@@ -383,6 +383,22 @@ def test_derived_pipelines_count_toward_the_workspace_limit(tmp_path, monkeypatc
     assert diagnostics_of(PREAMBLE + base + derived.split("pipeline d4")[0], tmp_path) == []
 
 
+def test_a_base_setting_is_read_once_however_many_pipelines_derive_from_it(tmp_path,
+                                                                             monkeypatch):
+    import moac.checks.pipelines as pipelines
+    scans = []
+    real = pipelines.check_template
+    monkeypatch.setattr(pipelines, "check_template",
+                        lambda reader, value, text: scans.append(text) or real(reader, value,
+                                                                               text))
+    base = ('pipeline base {\n  prompt = "no slot here"\n  layer a = m\n  layer b = m\n'
+            "  aggregate m\n}\n")
+    derived = "".join(f"pipeline d{i} from base {{\n}}\n" for i in range(300))
+    diagnostics = diagnostics_of(PREAMBLE + base + derived, tmp_path)
+    assert [d.code for d in diagnostics] == ["E401"]  # said once, at the prompt
+    assert len(scans) == 1  # and the prompt scanned once, not once per pipeline
+
+
 def test_did_you_mean_stops_once_its_budget_is_spent(tmp_path, monkeypatch):
     models = "".join(f'model known{i} = p "x" {{\n  price = $1/M\n  params = 7B\n'
                      f'  context = 8k\n}}\n' for i in range(100))
