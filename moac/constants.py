@@ -41,6 +41,9 @@ MAX_PARALLEL = 4096                 # a provider's calls in flight
 MAX_RETRIES = 100                   # a provider's retries per call
 MAX_RPM = 1e9                       # a provider's requests per minute
 MAX_TPM = 1e12                      # ...and tokens per minute
+# Speeds and rates are divisors (a latency is tokens over a speed): one this small would
+# make a time no float holds, so a positive rate is at least this (tok/s, rpm, tpm).
+MIN_RATE = 0.001
 MAX_SEED = 2**31 - 1                # a sampling seed (int32: what every server takes)
 
 # --- token estimates at compile time -----------------------------------------------

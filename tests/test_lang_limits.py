@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import moac
@@ -440,15 +440,16 @@ def numbered_file(site: str, setting: str, number: str) -> tuple[str, int]:
     model_settings = "".join(f"  {line}\n" for line in ("price = $0.10/M", "params = 7B",
                                                          "context = 128k")
                              if line.split(" = ")[0] != key)
+    used = "n" if site == "model" else "m"  # the model the pipelines call
     blocks = [
         'provider p {\n  kind = openai\n  base_url = "https://api.example.com/v1"\n'
         + (inside if site == "provider" else "") + "}\n",
         'model m = p "org/m" {\n  price = $0.10/M\n  params = 7B\n  context = 128k\n}\n',
         f'model n = p "org/n" {{\n{inside}{model_settings}}}\n' if site == "model" else "",
         "pipeline a {\n" + (inside if site == "pipeline" else "")
-        + (f"  layer l = [{put}]\n" if site == "layer" else "  layer l = [m, m]\n")
-        + "  aggregate m\n}\n",
-        "pipeline b {\n  aggregate m\n}\n",
+        + (f"  layer l = [{put}]\n" if site == "layer" else f"  layer l = [{used}, {used}]\n")
+        + f"  aggregate {used}\n}}\n",
+        f"pipeline b {{\n  aggregate {used}\n}}\n",
         "budget {\n" + (inside if site == "budget" else "") + "}\n",
         "route r {\n  candidates = [a, b]\n  policy = preroute\n"
         + (inside if site == "route" else "  share = 0.5\n") + "}\n",
@@ -476,9 +477,10 @@ def _refuse(constant: str):
 
 
 NUMBERS = st.one_of(
-    st.sampled_from(["0", "-0", "1", "0.5", "1e308", "1e309", "1e-400", "2147483647",
-                     "2147483648", "4096", "4097", "1_000_000", "604800", "604801"]),
-    st.builds(lambda digits, exp: f"{digits}e{exp}", st.integers(1, 99), st.integers(0, 400)),
+    st.sampled_from(["0", "-0", "1", "0.5", "1e308", "1e309", "1e-400", "1e-300", "0.0009",
+                     "2147483647", "2147483648", "4096", "4097", "1_000_000", "604800",
+                     "604801"]),
+    st.builds(lambda digits, exp: f"{digits}e{exp}", st.integers(1, 99), st.integers(-400, 400)),
     st.integers(0, 400).map(lambda n: "9" * n or "0"),
     st.builds(lambda sign, n: sign + str(n), st.sampled_from(["", "-"]), st.integers(0, 10**12)),
 )
@@ -486,6 +488,11 @@ NUMBERS = st.one_of(
 
 @FUZZ
 @given(site=st.sampled_from(NUMBER_SITES), number=NUMBERS)
+@example(site=("model", "speed = {} tok/s"), number="1e-306")  # a latency past any float
+@example(site=("model", "price = ${}/M"), number="1e309")  # inf
+@example(site=("model", "price = ${}/M"), number="-0")  # -0.0
+@example(site=("budget", "max_usd = ${}"), number="1e400")
+@example(site=("pipeline", "max_tokens = {}"), number="9" * 400)
 def test_every_quantity_is_finite_and_in_range_or_reported_at_its_value(tmp_path, site, number):
     where, setting = site
     if number.startswith("-") and "$" in setting:
@@ -506,9 +513,15 @@ def test_every_quantity_is_finite_and_in_range_or_reported_at_its_value(tmp_path
                                               program.pipelines, program.routes, program.judges)
              for spec in table.values()]
     dumps += [program.budget.model_dump(), program.quality.model_dump()]
+    from planner import estimate
     for name in program.pipelines:
-        plan_json = program.plan(name).to_json()
-        dumps.append(json.loads(plan_json, parse_constant=_refuse))
+        plan = program.plan(name)
+        dumps.append(json.loads(plan.to_json(), parse_constant=_refuse))
+        # What the planner makes of it is a number too: a speed of 1e-300 tok/s would
+        # make a latency no float holds.
+        for mode in ("expected", "worst"):
+            cost = estimate(plan, mode=mode)
+            dumps.append([float(cost.usd), float(cost.latency_s), float(cost.tflops)])
     for value in _all_numbers(dumps):
         assert math.isfinite(value), (setting, number)
         assert math.copysign(1.0, value) > 0 or value != 0, (setting, number, "-0.0")

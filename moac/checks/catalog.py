@@ -81,7 +81,8 @@ def _read_provider(state: CheckState, reader: Reader, node: ast.Provider
                                                    maximum=constants.MAX_RETRIES)
         elif key in ("rpm", "tpm"):
             fields[key] = reader.positive(value, "number", key, maximum=constants.MAX_RPM
-                                          if key == "rpm" else constants.MAX_TPM)
+                                          if key == "rpm" else constants.MAX_TPM,
+                                          smallest=constants.MIN_RATE)
         elif key in ("timeout", "connect_timeout", "read_timeout"):
             fields[f"{key}_s"] = reader.positive(value, "duration", key)
     if kind == "openai" and "base_url" not in settings:

@@ -137,6 +137,10 @@ class Reader:
             self.report("E206", f"'{key}' must be at most {KIND_LIMITS[kind][1]}, not "
                         f"{shown}", value.span)
             return None
+        if kind == "rate" and 0 < abs(number) < constants.MIN_RATE:
+            self.report("E206", f"'{key}' must be at least {constants.MIN_RATE:g} tok/s, not "
+                        f"{shown}", value.span)
+            return None
         return number + 0.0  # -0.0 (from `-0`) is 0.0: never a negative zero in a plan
 
     def integer(self, value: ast.Value, key: str, *, kind: str = "number", minimum: int = 0,
@@ -156,12 +160,19 @@ class Reader:
         return number
 
     def positive(self, value: ast.Value, kind: str, key: str, *,
-                 maximum: float | None = None) -> float | None:
+                 maximum: float | None = None, smallest: float | None = None
+                 ) -> float | None:
+        """A number greater than 0 (and at most ``maximum``, and if not 0 at least
+        ``smallest``)."""
         number = self.quantity(value, kind, key)
         if number is None:
             return None
         if maximum is not None and number > maximum:
             self.report("E206", f"'{key}' must be at most {_plain(maximum)}, not "
+                        f"{_shown(value)}", value.span)
+            return None
+        if smallest is not None and 0 < number < smallest:
+            self.report("E206", f"'{key}' must be at least {smallest:g}, not "
                         f"{_shown(value)}", value.span)
             return None
         return self.at_least(number, 0, key, value.span, strict=True)
