@@ -164,7 +164,7 @@ def import_chain(size):
 SHAPES = {
     "comments": ("comment lines (one every 48 bytes)", comments, True),
     "huge_list": ("one layer, one list of agents", huge_list, True),
-    "huge_value_list": ("a route's list of candidates", huge_value_list, False),
+    "huge_value_list": ("a route's list of candidates", huge_value_list, True),
     "per_copy_list": ("one agent x N with a per-copy list", per_copy_list, True),
     "long_string": ("one string literal", long_string, True),
     "string_escapes": ("one string of escapes", long_string_escapes, True),
@@ -173,7 +173,7 @@ SHAPES = {
     "deep_parens": ("nested '(' (a syntax error)", deep_parens, False),
     "many_blocks": ("small pipelines", many_blocks, True),
     "many_models": ("small models", many_models, True),
-    "many_errors": ("pipelines, each with an unknown model", many_errors, False),
+    "many_errors": ("pipelines, each with an unknown model", many_errors, True),
     "bad_escapes": ("strings, each with a bad escape", many_bad_escapes, False),
     "derived_prompt": ("pipelines derived from one with a long prompt", derived_prompt, True),
     "import_chain": ("an import chain at the depth limit", import_chain, False),

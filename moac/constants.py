@@ -7,9 +7,10 @@ from __future__ import annotations
 # past this is refused before lexing rather than parsed for seconds.
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 # ...and to this many tokens (names, numbers, strings, symbols; a run of blank and comment
-# lines is one). lark's parser costs 5-10 us a token, so 4 MiB of `a, a, a` (1.4 million
-# tokens) would take a quarter of a minute; this many take about a second, checks included
-# (bench/parse.py). A generated file of 2,000 agents has 16,000. E003 at the token past it.
+# lines is one). lark's parser costs 5-13 us a token, so 4 MiB of `a, a, a` (1.4 million
+# tokens) would take a quarter of a minute; this many parse in about a second and check in
+# one to two and a half (bench/parse.py, on 2 busy cores). A generated file of 2,000 agents
+# has 16,000. E003 at the token past it.
 MAX_SOURCE_TOKENS = 100_000
 # A file imports a file that imports a file...: at most this many deep (the root is 0).
 # Nothing needs more than a few; a longer chain is a generated mistake.

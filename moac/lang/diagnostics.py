@@ -149,6 +149,9 @@ class MoaError(Exception):
         # itself, and a hundred thousand of them are worth rendering once.
         return self.render()
 
+    def __reduce__(self):
+        return type(self), (self.diagnostics,)
+
     def render(self) -> str:
         return "\n".join(d.render() for d in self.diagnostics)
 
