@@ -57,8 +57,19 @@ class Program:
         if not self.own_names:
             raise SelectionError(f"{self.root} declares no pipeline of its own; choose an "
                                  f"imported one with --pipeline: {', '.join(candidates)}")
-        raise SelectionError(f"{self.root} declares several pipelines and routes; choose one "
+        raise SelectionError(f"{self.root} declares {self._what_it_declares()}; choose one "
                              f"with --pipeline: {', '.join(candidates)}")
+
+    def _what_it_declares(self) -> str:
+        """The root file's pipelines and routes, in words that name only what it has."""
+        pipelines = sum(1 for name in self.own_names if name in self.pipelines)
+        routes = len(self.own_names) - pipelines
+        if not routes:
+            return f"{pipelines} pipelines"
+        if not pipelines:
+            return f"{routes} routes"
+        return (f"{pipelines} pipeline{'s' * (pipelines != 1)} and {routes} "
+                f"route{'s' * (routes != 1)}")
 
     def select(self, name: str | None = None) -> PipelineSpec | RouteSpec:
         name = name or self.default_name()

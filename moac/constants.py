@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 # --- reading sources ---------------------------------------------------------------
-# A .moa file is a few kilobytes; a 2,000-agent generated file is about 100 KB. Anything
+# A .moa file is a few kilobytes; a 2,000-agent generated file is about 40 KB. Anything
 # past this is refused before lexing rather than parsed for seconds.
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
+# ...and to this many tokens (names, numbers, strings, symbols; a run of blank and comment
+# lines is one). lark's parser costs 5-13 us a token, so 4 MiB of `a, a, a` (1.4 million
+# tokens) would take a quarter of a minute; this many parse in about a second and check in
+# one to two and a half (bench/parse.py, on 2 busy cores). A generated file of 2,000 agents
+# has 16,000. E003 at the token past it.
+MAX_SOURCE_TOKENS = 100_000
+# A file imports a file that imports a file...: at most this many deep (the root is 0).
+# Nothing needs more than a few; a longer chain is a generated mistake.
+MAX_IMPORT_DEPTH = 64
+# `pipeline b from a`, `pipeline c from b`...: at most this many bases under a pipeline.
+MAX_DERIVATION_DEPTH = 64
+# Agents once copies (`x N`) and derivation (`from`) are expanded: a file of a few bytes
+# can otherwise ask for a billion. Per pipeline, and for all the pipelines of a workspace
+# together (checking costs about 20 us an agent; the paper's largest MoA has 13).
+MAX_PIPELINE_AGENTS = 10_000
+MAX_WORKSPACE_AGENTS = 100_000
 # Hint for "did you mean": names closer than this (difflib ratio) are suggested.
 SUGGESTION_CUTOFF = 0.6
+# ...and the comparisons one check may spend on suggestions (each unknown name is compared
+# with every known one): past it, errors come without "did you mean", so that 10,000
+# unknown names among 10,000 known ones cost a second, not ten minutes.
+SUGGESTION_COMPARISONS = 200_000
+
+# --- the range of every quantity a .moa file gives (beyond these it is a typo) -------------
+# Each is far past any real value; a value past it is reported (E206) at the value, as is a
+# number too large to be a float (`$1e309/M`), so that no plan holds Infinity or NaN.
+MAX_AMOUNT_USD = 1_000_000.0        # a budget's max_usd, usd_per_point, a price per 1M tokens
+MAX_DURATION_S = 7 * 24 * 3600.0    # timeouts, latency budgets, time to first token
+MAX_TOKEN_COUNT = 1 << 30           # context windows, max_tokens, answer lengths
+MAX_PARAMS_B = 1_000_000.0          # billions of parameters
+MAX_TOKENS_PER_S = 1e9              # speeds
+MAX_TFLOPS = 1e15                   # a budget's max_tflops
+MAX_PARALLEL = 4096                 # a provider's calls in flight
+MAX_RETRIES = 100                   # a provider's retries per call
+MAX_RPM = 1e9                       # a provider's requests per minute
+MAX_TPM = 1e12                      # ...and tokens per minute
+# Speeds and rates are divisors (a latency is tokens over a speed): one this small would
+# make a time no float holds, so a positive rate is at least this (tok/s, rpm, tpm).
+MIN_RATE = 0.001
+MAX_SEED = 2**31 - 1                # a sampling seed (int32: what every server takes)
 
 # --- token estimates at compile time -----------------------------------------------
 # English text averages about four characters per token for the paper's models' tokenisers.

@@ -5,7 +5,8 @@ what ``moac check NAME.moa`` writes to stderr, run from the golden directory so 
 relative. A subdirectory is a multi-file case: its ``main.moa`` is checked and compared with
 its ``main.out``. ``MOAC_UPDATE_GOLDEN=1`` rewrites the ``.out`` files.
 
-E003 (a file over the size limit) and E006 (a file that cannot be read) are generated in a
+E003 (a file over the size limit), E006 (a file that cannot be read), E106 (imports nested
+past the limit) and E311 (a pipeline derived through too many bases) are generated in a
 temporary directory rather than committed.
 """
 
@@ -20,7 +21,7 @@ import pytest
 import moac
 import moac.cli.main as cli
 from moac.lang.codes import CODES
-from moac.constants import MAX_SOURCE_BYTES
+from moac.constants import MAX_DERIVATION_DEPTH, MAX_IMPORT_DEPTH, MAX_SOURCE_BYTES
 from moac.lang.parser import get_parser, parse
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "diagnostics"
@@ -79,8 +80,16 @@ def test_golden_names_match_their_codes():
 def generated_outputs(tmp_path: Path, monkeypatch, capsys) -> dict[str, str]:
     (tmp_path / "huge.moa").write_bytes(b"#" * (MAX_SOURCE_BYTES + 1))
     (tmp_path / "folder.moa").mkdir()
+    # E106: an import chain one file deeper than the limit.
+    for depth in range(MAX_IMPORT_DEPTH + 1):
+        (tmp_path / f"deep{depth}.moa").write_text(f'import "deep{depth + 1}.moa"\n')
+    (tmp_path / f"deep{MAX_IMPORT_DEPTH + 1}.moa").write_text("")
+    # E311: a pipeline derived through one base more than the limit.
+    chain = [PREAMBLE, "pipeline p0 {\n  aggregate m\n}\n"]
+    chain += [f"pipeline p{i} from p{i - 1} {{\n}}\n" for i in range(1, MAX_DERIVATION_DEPTH + 2)]
+    (tmp_path / "derived.moa").write_text("\n".join(chain))
     outputs = {}
-    for name in ("huge.moa", "folder.moa", "missing.moa"):
+    for name in ("huge.moa", "folder.moa", "missing.moa", "deep0.moa", "derived.moa"):
         code, err = check_output(name, monkeypatch, capsys, cwd=tmp_path)
         assert code == 1
         outputs[name] = err
@@ -90,8 +99,12 @@ def generated_outputs(tmp_path: Path, monkeypatch, capsys) -> dict[str, str]:
 def test_e003_file_too_large(tmp_path, monkeypatch, capsys):
     err = generated_outputs(tmp_path, monkeypatch, capsys)["huge.moa"]
     size = MAX_SOURCE_BYTES + 1
-    assert err == (f"huge.moa: error[E003]: file is {size:,} bytes; .moa files are limited "
-                   f"to {MAX_SOURCE_BYTES:,} bytes\n"
+    # One line of '#': the diagnostic points at the first byte past the limit, on it.
+    column = MAX_SOURCE_BYTES + 1
+    assert err == (f"huge.moa:1:{column}: error[E003]: file is {size:,} bytes; .moa files are "
+                   f"limited to {MAX_SOURCE_BYTES:,} bytes (the limit is passed here)\n"
+                   f"   1 | ...{'#' * 61}...\n"
+                   f"     | {' ' * 63}^\n"
                    "  = hint: split the file and use `import`\n"
                    "1 error in 1 file\n")
 
@@ -101,6 +114,36 @@ def test_e003_also_for_a_large_imported_file(tmp_path, monkeypatch):
     (tmp_path / "main.moa").write_text('import "huge.moa"\n')
     diagnostics = moac.check_file(tmp_path / "main.moa")
     assert [d.code for d in diagnostics] == ["E003"]
+
+
+PREAMBLE = ('provider p {\n  kind = openai\n  base_url = "https://api.example.com/v1"\n}\n\n'
+            'model m = p "org/m" {\n  price = $0.10/M\n  params = 7B\n  context = 8k\n}\n')
+
+
+def test_e106_imports_nested_too_deeply(tmp_path, monkeypatch, capsys):
+    err = generated_outputs(tmp_path, monkeypatch, capsys)["deep0.moa"]
+    deepest = f"deep{MAX_IMPORT_DEPTH}.moa"
+    assert err == (
+        f"{deepest}:1:8: error[E106]: imports nest more than {MAX_IMPORT_DEPTH} files deep "
+        f"(deep0.moa imports deep1.moa, which imports ... {deepest}, which imports "
+        f"'deep{MAX_IMPORT_DEPTH + 1}.moa')\n"
+        f'   1 | import "deep{MAX_IMPORT_DEPTH + 1}.moa"\n'
+        f"     |        ^~~~~~~~~~~~\n"
+        "  = hint: import the shared files from one file near the top instead of through a "
+        "chain\n"
+        "1 error in 1 file\n")
+
+
+def test_e311_derived_through_too_many_bases(tmp_path, monkeypatch, capsys):
+    err = generated_outputs(tmp_path, monkeypatch, capsys)["derived.moa"]
+    top = MAX_DERIVATION_DEPTH + 1
+    lines = (tmp_path / "derived.moa").read_text().splitlines()
+    line = lines.index(f"pipeline p{top} from p{top - 1} {{") + 1
+    assert err.startswith(
+        f"derived.moa:{line}:{len(f'pipeline p{top} from ') + 1}: error[E311]: "
+        f"pipeline 'p{top}' is derived through more than {MAX_DERIVATION_DEPTH} bases "
+        f"('p{top}' from 'p{top - 1}' from ...)\n")
+    assert err.endswith("1 error in 1 file\n")
 
 
 def test_e006_file_cannot_be_read(tmp_path, monkeypatch, capsys):

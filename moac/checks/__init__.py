@@ -17,7 +17,7 @@ from moac.checks.pipelines import expand_pipelines
 from moac.checks.judges import read_judges
 from moac.checks.planner_block import read_planner_blocks
 from moac.checks.routes import read_routes
-from moac.checks.state import CheckState
+from moac.checks.state import CheckState, suggestion_budget
 from moac.lang.loader import Workspace
 
 CHECKS = (
@@ -35,6 +35,7 @@ CHECKS = (
 
 def check(workspace: Workspace) -> CheckState:
     state = CheckState(workspace)
-    for check_pass in CHECKS:
-        check_pass(state)
+    with suggestion_budget():
+        for check_pass in CHECKS:
+            check_pass(state)
     return state

@@ -74,11 +74,15 @@ def _read_provider(state: CheckState, reader: Reader, node: ast.Provider
                 continue
             fields["model_path"] = reader.string(value, key)
         elif key == "parallel":
-            fields["parallel"] = reader.integer(value, key, minimum=1)
+            fields["parallel"] = reader.integer(value, key, minimum=1,
+                                                maximum=constants.MAX_PARALLEL)
         elif key == "max_retries":
-            fields["max_retries"] = reader.integer(value, key, minimum=0)
+            fields["max_retries"] = reader.integer(value, key, minimum=0,
+                                                   maximum=constants.MAX_RETRIES)
         elif key in ("rpm", "tpm"):
-            fields[key] = reader.positive(value, "number", key)
+            fields[key] = reader.positive(value, "number", key, maximum=constants.MAX_RPM
+                                          if key == "rpm" else constants.MAX_TPM,
+                                          smallest=constants.MIN_RATE)
         elif key in ("timeout", "connect_timeout", "read_timeout"):
             fields[f"{key}_s"] = reader.positive(value, "duration", key)
     if kind == "openai" and "base_url" not in settings:

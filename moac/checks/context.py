@@ -19,8 +19,19 @@ def check_context_windows(state: CheckState) -> None:
     for name, pipeline in state.pipeline_specs.items():
         for slot, layer_name, agents, template, previous in _consumers(pipeline):
             answers = [a.sampling.max_tokens for a in previous]
+            # The earlier answers add the same to what each agent of a stage reads: counted
+            # once, so that two layers of a thousand agents cost two thousand steps, not a
+            # million. Within a stage, only the system prompt changes the rest.
+            from_answers = (input_tokens(0, template=template, answers=answers)
+                            - input_tokens(0, template=template))
+            readings: dict[str | None, int] = {}
+            largest = max(answers, default=0)
             for index, agent in enumerate(agents):
-                _check_agent(state, name, slot, index, layer_name, agent, template, answers)
+                if agent.system not in readings:
+                    readings[agent.system] = from_answers + input_tokens(
+                        ASSUMED_PROMPT_TOKENS, system=agent.system, template=template)
+                _check_agent(state, name, slot, index, layer_name, agent, template,
+                             (len(answers), largest), readings[agent.system])
 
 
 def _consumers(pipeline: PipelineSpec):
@@ -37,20 +48,22 @@ def _consumers(pipeline: PipelineSpec):
 
 
 def _check_agent(state: CheckState, pipeline: str, slot: int, index: int, layer_name: str,
-                 agent: AgentSpec, template: str | None, answers: list[int]) -> None:
+                 agent: AgentSpec, template: str | None, answers: tuple[int, int],
+                 reading: int) -> None:
+    """``answers``: how many earlier answers the agent reads, and the longest's max_tokens;
+    ``reading``: the tokens it reads in all."""
     model = state.model_specs.get(agent.model)
     if model is None:
         return
-    reading = input_tokens(ASSUMED_PROMPT_TOKENS, system=agent.system, template=template,
-                           answers=answers)
     total = reading + agent.sampling.max_tokens
     if total <= model.context_tokens:
         return
     site = state.agent_sites.get((pipeline, slot, index))
     where = f"layer {layer_name}" if slot >= 0 else layer_name
-    if template is not None and answers:
-        what = (f"{where}'s input can reach {reading:,} tokens ({len(answers)} answers of up "
-                f"to {max(answers):,} tokens + prompt), plus {agent.sampling.max_tokens:,} "
+    count, largest = answers
+    if template is not None and count:
+        what = (f"{where}'s input can reach {reading:,} tokens ({count} answers of up "
+                f"to {largest:,} tokens + prompt), plus {agent.sampling.max_tokens:,} "
                 f"to write: {total:,}")
         hint = "lower max_tokens in the layer before, drop proposers, or use a model with a " \
                "larger context"

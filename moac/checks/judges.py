@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from moac import constants
 from moac.lang import ast
 from moac.checks.catalog import read_budget_settings
 from moac.checks.state import CheckState
@@ -42,7 +43,8 @@ def _read_judge(state: CheckState, reader: Reader, node: ast.Judge) -> JudgeSpec
         fields["temperature"] = reader.in_range(
             reader.quantity(value, "number", "temperature"), 0, 2, "temperature", value.span)
     if "max_tokens" in settings and (value := reader.single(settings["max_tokens"])):
-        fields["max_tokens"] = reader.integer(value, "max_tokens", minimum=1)
+        fields["max_tokens"] = reader.integer(value, "max_tokens", minimum=1,
+                                              maximum=constants.MAX_TOKEN_COUNT)
     if len(state.diagnostics) > before or any(v is None for v in fields.values()):
         return None
     return JudgeSpec(**fields)

@@ -12,6 +12,7 @@ each copy its own value; a single seed gives copies consecutive seeds so they di
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from moac import constants
@@ -43,46 +44,86 @@ class _Flat:
     # By name, in pipeline order: replacing a name keeps its place, a new name appends.
     layers: dict[str, tuple[ast.Layer, str]] = field(default_factory=dict)
     aggregate: tuple[ast.Aggregate, str] | None = None
+    # How many bases are under it (0: it derives from none).
+    depth: int = 0
 
     def copy(self) -> "_Flat":
-        return _Flat(dict(self.settings), dict(self.layers), self.aggregate)
+        return _Flat(dict(self.settings), dict(self.layers), self.aggregate, self.depth + 1)
 
 
 def expand_pipelines(state: CheckState) -> None:
     flats: dict[str, _Flat | None] = {}
     for name in state.pipelines:
-        flat = _flatten(state, name, flats, [])
+        if state.agents_left < 0:
+            break  # the workspace's agent limit was reported where it was passed
+        flat = _flatten(state, name, flats)
         if flat is not None:
             spec = _Resolver(state, name, flat).resolve()
             if spec is not None:
                 state.pipeline_specs[name] = spec
 
 
-def _flatten(state: CheckState, name: str, flats: dict, stack: list[str]) -> _Flat | None:
+def _flatten(state: CheckState, name: str, flats: dict) -> _Flat | None:
+    """The flattened statements of pipeline ``name`` (memoized in ``flats``), or None
+    after reporting why there are none. Walks the chain of bases with a loop, not by
+    recursion: a chain can be as long as a file is."""
     if name in flats:
         return flats[name]
-    declared = state.pipelines[name]
-    node, path = declared.node, declared.path
-    flat = _Flat()
-    if node.base is not None:
+    chain = [name]  # chain[i + 1] is the base of chain[i]
+    where = {name: 0}
+    # What the last of the chain derives from: nothing (an empty flat whose copy is at
+    # depth 0), a flattened base, or None (a problem, reported).
+    base_flat: _Flat | None = _Flat(depth=-1)
+    too_deep = False
+    while True:
+        current = chain[-1]
+        declared = state.pipelines[current]
+        node, path = declared.node, declared.path
+        if node.base is None:
+            break
         base = node.base.name
-        if base in stack or base == name:
-            chain = " -> ".join(stack[stack.index(base):] + [name, base]) if base in stack \
-                else f"{name} -> {name}"
-            state.report("E305", f"pipeline '{name}' derives from itself ({chain})", path,
+        if base in where:
+            cycle = " -> ".join(chain[where[base]:] + [base])
+            state.report("E305", f"pipeline '{current}' derives from itself ({cycle})", path,
                          node.base.span)
-            flats[name] = None
-            return None
+            base_flat = None
+            break
         if base not in state.pipelines:
             state.unknown("pipeline", node.base, path, state.pipelines,
                           elsewhere=state.kind_of(base))
-            flats[name] = None
-            return None
-        base_flat = _flatten(state, base, flats, stack + [name])
-        if base_flat is None:
-            flats[name] = None
-            return None
-        flat = base_flat.copy()
+            base_flat = None
+            break
+        if base in flats:
+            base_flat = flats[base]
+            break
+        if len(chain) > constants.MAX_DERIVATION_DEPTH:
+            too_deep = True
+            break
+        where[base] = len(chain)
+        chain.append(base)
+    if too_deep or base_flat is not None and \
+            base_flat.depth + len(chain) > constants.MAX_DERIVATION_DEPTH:
+        # Only the pipeline asked for is refused: those below it may be shallow enough.
+        node = state.pipelines[name].node
+        state.report("E311", f"pipeline '{name}' is derived through more than "
+                     f"{constants.MAX_DERIVATION_DEPTH} bases ('{name}' from "
+                     f"'{node.base.name}' from ...)", state.pipelines[name].path,
+                     node.base.span, hint="derive it from a pipeline nearer the start of the "
+                                          "chain, or write it out")
+        flats[name] = None
+        return None
+    for current in reversed(chain):
+        flat = None if base_flat is None else _apply_body(state, current, base_flat.copy())
+        flats[current] = flat
+        base_flat = flat
+    return flats[name]
+
+
+def _apply_body(state: CheckState, name: str, flat: _Flat) -> _Flat:
+    """``flat`` (a copy of the base's statements, or empty) with pipeline ``name``'s own
+    statements applied, in order."""
+    declared = state.pipelines[name]
+    node, path = declared.node, declared.path
     reader = Reader(state, path)
     body_settings: dict[str, ast.Setting] = {}
     body_layers: set[str] = set()
@@ -119,10 +160,10 @@ def _flatten(state: CheckState, name: str, flats: dict, stack: list[str]) -> _Fl
         elif isinstance(stage, ast.Without):
             for ident in stage.layers:
                 if ident.name not in flat.layers:
-                    names = list(flat.layers)
                     reader.report("E306", f"pipeline '{name}' has no layer '{ident.name}' "
-                                  "to leave out", ident.span, hint=suggest(ident.name, names)
-                                  or ("its layers: " + ", ".join(names) if names else None))
+                                  "to leave out", ident.span,
+                                  hint=suggest(ident.name, flat.layers)
+                                  or _layers_hint(flat.layers))
                 else:
                     del flat.layers[ident.name]
         elif isinstance(stage, ast.Aggregate):
@@ -134,8 +175,16 @@ def _flatten(state: CheckState, name: str, flats: dict, stack: list[str]) -> _Fl
                 continue
             aggregate_seen = stage
             flat.aggregate = (stage, path)
-    flats[name] = flat
     return flat
+
+
+def _layers_hint(layers: dict) -> str | None:
+    """A pipeline's layers, the first few (a hint per error must not grow with the file)."""
+    if not layers:
+        return None
+    shown = list(itertools.islice(layers, 8))
+    more = len(layers) - len(shown)
+    return "its layers: " + ", ".join(shown) + (f" and {more:,} more" if more else "")
 
 
 class _Resolver:
@@ -146,6 +195,8 @@ class _Resolver:
         self.name = name
         self.flat = flat
         self.ok = True
+        self.agents = 0  # expanded so far, copies counted
+        self.over = False  # an agent limit was passed (and reported)
         self.defaults: dict[str, tuple] = {}
         for key, (setting, path) in flat.settings.items():
             value = self._value(Reader(state, path), setting, copies=None)
@@ -177,7 +228,21 @@ class _Resolver:
     # --- values ------------------------------------------------------------------------
 
     def _value(self, reader: Reader, setting: ast.Setting, copies: int | None):
-        """A setting's value, or per-copy values (a list) for an agent with copies."""
+        """A setting's value, or per-copy values (a list) for an agent with copies.
+
+        Read once per setting (and number of copies) for the whole check: every pipeline
+        derived from a base reads the base's settings again, and a long prompt checked
+        once per derived pipeline would make the check quadratic in the file.
+        """
+        key = (id(setting), copies)
+        if key not in self.state.setting_values:
+            self.state.setting_values[key] = self._read_value(reader, setting, copies)
+        result = self.state.setting_values[key]
+        if result is None:
+            self.ok = False
+        return result
+
+    def _read_value(self, reader: Reader, setting: ast.Setting, copies: int | None):
         value = reader.single(setting)
         if value is None:
             self.ok = False
@@ -216,9 +281,10 @@ class _Resolver:
         if key == "max_tokens":
             return reader.integer(value, key, kind="tokens", minimum=1)
         if key == "seed":
-            return reader.integer(value, key, minimum=0)
+            return reader.integer(value, key, minimum=0, maximum=constants.MAX_SEED)
         if key == "min_ok":
-            return reader.integer(value, key, minimum=1)
+            return reader.integer(value, key, minimum=1,
+                                  maximum=constants.MAX_PIPELINE_AGENTS)
         if key == "reasoning_effort":
             return reader.choice(value, key, constants.REASONING_EFFORTS)
         if key == "references":
@@ -294,7 +360,8 @@ class _Resolver:
                first: int) -> list[AgentSpec] | None:
         copies = 1
         if agent.copies is not None:
-            copies = reader.integer(agent.copies, "copies", minimum=1)
+            copies = reader.integer(agent.copies, "copies", minimum=1,
+                                    maximum=constants.MAX_PIPELINE_AGENTS)
             if copies is None:
                 return None
         if not self._model_known(reader, agent.model):
@@ -302,7 +369,9 @@ class _Resolver:
         options = self._options(reader, agent.options, SAMPLING_KEYS,
                                 f"agent '{agent.model.name}'",
                                 copies if agent.copies is not None else None)
-        if not check_agent_options(reader, self.state.model_specs[agent.model.name], options):
+        if not check_agent_options(reader, self.state.model_specs[agent.model.name], options) \
+                or not self._seeds_fit(reader, agent, copies, options, layer_options) \
+                or not self._count(reader, agent, copies):
             return None
         specs = []
         for copy in range(copies):
@@ -327,8 +396,52 @@ class _Resolver:
         if not check_agent_options(reader, self.state.model_specs[agent.model.name], options):
             self.ok = False
         prompt = self._prompt(options, has_inputs, f"{role} '{agent.model.name}'", reader)
+        if not self._count(reader, agent, 1):
+            self.ok = False
+            return None, None
         self.state.agent_sites[(self.name, slot, 0)] = AgentSite(path, agent.span)
         return self._agent_spec(agent.model.name, 0, options, {}), prompt
+
+    def _count(self, reader: Reader, agent: ast.Agent, count: int) -> bool:
+        """Whether ``count`` more agents fit the pipeline's and the workspace's limits
+        (:data:`~moac.constants.MAX_PIPELINE_AGENTS`, :data:`~moac.constants.
+        MAX_WORKSPACE_AGENTS`); the first agent past one is reported, once."""
+        if self.over:
+            return False
+        limit = constants.MAX_PIPELINE_AGENTS
+        if self.agents + count > limit:
+            reader.report("E310", f"pipeline '{self.name}' has more than {limit:,} agents "
+                          "(each copy counts); this agent passes the limit", agent.span,
+                          hint="split the pipeline, or use fewer copies")
+            self.over = True
+            return False
+        if count > self.state.agents_left:
+            reader.report("E310", f"the pipelines checked together have more than "
+                          f"{constants.MAX_WORKSPACE_AGENTS:,} agents (each copy and each "
+                          f"derived pipeline counts); pipeline '{self.name}' passes the limit "
+                          "here", agent.span, hint="check fewer pipelines at once: split the "
+                                                   "file, or import less")
+            self.state.agents_left = -1  # no more pipelines are expanded
+            self.over = True
+            return False
+        self.agents += count
+        self.state.agents_left -= count
+        return True
+
+    def _seeds_fit(self, reader: Reader, agent: ast.Agent, copies: int, options: dict,
+                   layer_options: dict) -> bool:
+        """Copies take consecutive seeds: the last must still be a seed."""
+        for scope in (options, layer_options, self.defaults):
+            if "seed" in scope:
+                seed, setting, _ = scope["seed"]
+                if isinstance(seed, list) or seed + copies - 1 <= constants.MAX_SEED:
+                    return True
+                reader.report("E206", f"'seed' {seed:,} gives the {copies:,} copies of "
+                              f"'{agent.model.name}' seeds up to {seed + copies - 1:,}, past "
+                              f"{constants.MAX_SEED:,}", setting.values[0].span)
+                self.ok = False
+                return False
+        return True
 
     def _model_known(self, reader: Reader, ident: ast.Ident) -> bool:
         if ident.name in self.state.models:

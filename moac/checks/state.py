@@ -3,11 +3,14 @@ and the diagnostics found. Each pass reads what earlier passes left and adds its
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from moac.lang import ast
+from moac import constants
 from moac.constants import SUGGESTION_CUTOFF
 from moac.lang.diagnostics import Diagnostic, Span
 from moac.lang.loader import Workspace
@@ -52,6 +55,10 @@ class CheckState:
     quality: QualitySpec = field(default_factory=QualitySpec)
     # (pipeline, layer index or -1 for the aggregator, -2 for the fallback, agent index)
     agent_sites: dict[tuple[str, int, int], AgentSite] = field(default_factory=dict)
+    # Each pipeline setting's value as read (None: reported), by (id of the setting, copies).
+    setting_values: dict[tuple[int, int | None], object] = field(default_factory=dict)
+    # Agents the pipelines still to expand may add (MAX_WORKSPACE_AGENTS); -1 once passed.
+    agents_left: int = field(default_factory=lambda: constants.MAX_WORKSPACE_AGENTS)
 
     def report(self, code: str, message: str, path: str, span: Span | None,
                hint: str | None = None, *, redact: bool = False) -> None:
@@ -79,8 +86,37 @@ class CheckState:
         return None
 
 
+_SUGGESTION_CALL_COST = 50
+# The comparisons left for suggestions in the check running (see SUGGESTION_COMPARISONS);
+# None outside one: unlimited.
+_SUGGESTIONS_LEFT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "moac_suggestions_left", default=None)
+
+
+@contextlib.contextmanager
+def suggestion_budget(comparisons: int | None = None):
+    """Within it, :func:`suggest` compares at most ``comparisons`` names in all (default
+    :data:`~moac.constants.SUGGESTION_COMPARISONS`), then stops suggesting: a flood of
+    unknown names among many known ones stays linear."""
+    if comparisons is None:
+        comparisons = constants.SUGGESTION_COMPARISONS
+    token = _SUGGESTIONS_LEFT.set([comparisons])
+    try:
+        yield
+    finally:
+        _SUGGESTIONS_LEFT.reset(token)
+
+
 def suggest(name: str, known) -> str | None:
-    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=SUGGESTION_CUTOFF)
+    known = sorted(known)
+    left = _SUGGESTIONS_LEFT.get()
+    if left is not None:
+        # A call costs about as much as comparing this many names, whatever it compares.
+        cost = len(known) + _SUGGESTION_CALL_COST
+        if left[0] < cost:
+            return None
+        left[0] -= cost
+    close = difflib.get_close_matches(name, known, n=3, cutoff=SUGGESTION_CUTOFF)
     if not close:
         return None
     if len(close) == 1:

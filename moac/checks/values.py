@@ -1,7 +1,9 @@
 """Typed reading of setting values: units, ranges, names and environment variables.
 
 Every reader returns the value in moac's base unit (seconds, tokens, billions of
-parameters, dollars per million tokens) or None after reporting what is wrong.
+parameters, dollars per million tokens) or None after reporting what is wrong. Every number
+it returns is finite, never -0.0, and within its kind's range (:data:`KIND_LIMITS`, from
+:mod:`moac.constants`); a reader may narrow the range further.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from moac import constants
 from moac.lang import ast
 from moac.checks.state import CheckState, suggest
 from moac.lang.diagnostics import Span
@@ -40,6 +43,16 @@ KIND_WORDS = {
     "price": "a price per million tokens (e.g. $0.90/M)",
 }
 ALL_UNITS = sorted({u for table in UNITS.values() for u in table if u} | {"/M"})
+# The largest value of each kind, in its base unit, and how it is written in a message.
+KIND_LIMITS: dict[str, tuple[float, str]] = {
+    "duration": (constants.MAX_DURATION_S, f"{constants.MAX_DURATION_S:,.0f}s (a week)"),
+    "tokens": (constants.MAX_TOKEN_COUNT, f"{constants.MAX_TOKEN_COUNT:,} tokens"),
+    "params": (constants.MAX_PARAMS_B, f"{constants.MAX_PARAMS_B:,.0f}B"),
+    "rate": (constants.MAX_TOKENS_PER_S, f"{constants.MAX_TOKENS_PER_S:,.0f} tok/s"),
+    "tflops": (constants.MAX_TFLOPS, f"{constants.MAX_TFLOPS:,.0f} TFLOPs"),
+    "usd": (constants.MAX_AMOUNT_USD, f"${constants.MAX_AMOUNT_USD:,.0f}"),
+    "price": (constants.MAX_AMOUNT_USD, f"${constants.MAX_AMOUNT_USD:,.0f}/M"),
+}
 
 
 @dataclass
@@ -96,39 +109,71 @@ class Reader:
             wanted = "" if kind == "usd" else "/M"
             if not value.dollars or value.unit != wanted:
                 self.report("E203", f"'{key}' takes {KIND_WORDS[kind]}, not "
-                            f"'{value.text()}'", value.span, hint=_unit_hint(value, kind))
+                            f"'{_shown(value)}'", value.span, hint=_unit_hint(value, kind))
                 return None
-            return value.value
+            return self._in_kind(value.value, kind, key, value)
         table = UNITS[kind]
         if value.dollars or value.unit not in table:
             if not value.dollars and value.unit and value.unit not in ALL_UNITS:
                 message = f"unknown unit '{value.unit}'"
                 hint = f"'{key}' takes {KIND_WORDS[kind]}"
             else:
-                message = f"'{key}' takes {KIND_WORDS[kind]}, not '{value.text()}'"
+                message = f"'{key}' takes {KIND_WORDS[kind]}, not '{_shown(value)}'"
                 hint = _unit_hint(value, kind)
             self.report("E203", message, value.span, hint=hint)
             return None
-        number = value.value * table[value.unit]
-        if not math.isfinite(number):
-            self.report("E206", f"'{key}' must be a finite number", value.span)
-            return None
-        return number
+        return self._in_kind(value.value * table[value.unit], kind, key, value)
 
-    def integer(self, value: ast.Value, key: str, *, kind: str = "number", minimum: int = 0
-                ) -> int | None:
+    def _in_kind(self, number: float, kind: str, key: str, value: ast.Quantity
+                 ) -> float | None:
+        """``number`` if finite and within its kind's limit; else None, reported."""
+        shown = _shown(value)
+        if not math.isfinite(number):
+            # float() of 1e309 is inf: a number no float holds, not "a lot".
+            self.report("E206", f"'{key}' is too large a number: {shown}", value.span,
+                        hint="write a number below 1e308 (and within the setting's range)")
+            return None
+        if kind in KIND_LIMITS and abs(number) > KIND_LIMITS[kind][0]:
+            self.report("E206", f"'{key}' must be at most {KIND_LIMITS[kind][1]}, not "
+                        f"{shown}", value.span)
+            return None
+        if kind == "rate" and 0 < abs(number) < constants.MIN_RATE:
+            self.report("E206", f"'{key}' must be at least {constants.MIN_RATE:g} tok/s, not "
+                        f"{shown}", value.span)
+            return None
+        return number + 0.0  # -0.0 (from `-0`) is 0.0: never a negative zero in a plan
+
+    def integer(self, value: ast.Value, key: str, *, kind: str = "number", minimum: int = 0,
+                maximum: int | None = None) -> int | None:
         number = self.quantity(value, kind, key)
         if number is None:
             return None
         if number != int(number):
-            self.report("E202", f"'{key}' takes a whole number, not {value.text()}",
+            self.report("E202", f"'{key}' takes a whole number, not {_shown(value)}",
                         value.span)
             return None
-        return self.at_least(int(number), minimum, key, value.span)
+        number = self.at_least(int(number), minimum, key, value.span)
+        if number is not None and maximum is not None and number > maximum:
+            self.report("E206", f"'{key}' must be at most {maximum:,}, not {_shown(value)}",
+                        value.span)
+            return None
+        return number
 
-    def positive(self, value: ast.Value, kind: str, key: str) -> float | None:
+    def positive(self, value: ast.Value, kind: str, key: str, *,
+                 maximum: float | None = None, smallest: float | None = None
+                 ) -> float | None:
+        """A number greater than 0 (and at most ``maximum``, and if not 0 at least
+        ``smallest``)."""
         number = self.quantity(value, kind, key)
         if number is None:
+            return None
+        if maximum is not None and number > maximum:
+            self.report("E206", f"'{key}' must be at most {_plain(maximum)}, not "
+                        f"{_shown(value)}", value.span)
+            return None
+        if smallest is not None and 0 < number < smallest:
+            self.report("E206", f"'{key}' must be at least {smallest:g}, not "
+                        f"{_shown(value)}", value.span)
             return None
         return self.at_least(number, 0, key, value.span, strict=True)
 
@@ -180,9 +225,25 @@ class Reader:
         return names
 
 
+def _shown(value: ast.Value) -> str:
+    """A value as written, cut short: a number can be a megabyte of digits."""
+    if not isinstance(value, ast.Quantity):
+        return describe(value)
+    return _cut(value.text())
+
+
+def _plain(number: float) -> str:
+    """A limit as a person writes it: 1,000,000,000, not 1e+09."""
+    return f"{int(number):,}" if number == int(number) and abs(number) < 1e16 else f"{number:g}"
+
+
+def _cut(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def describe(value: ast.Value) -> str:
     if isinstance(value, ast.Quantity):
-        return f"the number '{value.text()}'"
+        return f"the number '{_cut(value.text())}'"
     if isinstance(value, ast.String):
         return "a string"
     if isinstance(value, ast.Name):
@@ -195,18 +256,19 @@ def describe(value: ast.Value) -> str:
 
 
 def _unit_hint(value: ast.Quantity, kind: str) -> str | None:
+    number = _cut(value.number, 20)
     if kind == "price" and value.dollars and not value.unit:
-        return f"prices are per million tokens: write ${value.number}/M"
+        return f"prices are per million tokens: write ${number}/M"
     if kind == "price" and not value.dollars:
-        return f"write ${value.number}/M"
+        return f"write ${number}/M"
     if kind == "usd" and not value.dollars:
-        return f"write ${value.number}"
+        return f"write ${number}"
     if kind == "duration" and not value.unit:
-        return f"write {value.number}s or {value.number}ms"
+        return f"write {number}s or {number}ms"
     if kind == "params" and not value.unit:
-        return f"write {value.number}B for billions of parameters"
+        return f"write {number}B for billions of parameters"
     if kind == "rate" and not value.unit:
-        return f"write {value.number} tok/s"
+        return f"write {number} tok/s"
     return None
 
 

@@ -240,28 +240,27 @@ def cmd_graph(args) -> int:
 def cmd_fmt(args) -> int:
     from moac.lang.diagnostics import MoaError
     from moac.lang.fmt import format_source
-    from moac.lang.parser import decode_source, read_file
+    from moac.lang.parser import read_file
     unformatted = 0
     failed = []
     for path in args.files:
         try:
-            original = decode_source(sys.stdin.buffer.read(), "<stdin>") if path == "-" \
-                else read_file(path)
+            original = _read_stdin_source() if path == "-" else read_file(path)
             formatted = format_source(original, "<stdin>" if path == "-" else path)
         except MoaError as error:
             print_diagnostics(error.diagnostics)
             failed.append(path)
             continue
         if path == "-" and not (args.check or args.diff):
-            sys.stdout.write(formatted)
+            _write_utf8(formatted)
             continue
         if formatted == original:
             continue
         unformatted += 1
         if args.diff:
-            sys.stdout.writelines(difflib.unified_diff(
+            _write_utf8("".join(difflib.unified_diff(
                 original.splitlines(keepends=True), formatted.splitlines(keepends=True),
-                f"{path} (original)", f"{path} (formatted)"))
+                f"{path} (original)", f"{path} (formatted)")))
         elif args.check:
             print(f"would reformat {path}", file=sys.stderr)
         else:
@@ -272,6 +271,29 @@ def cmd_fmt(args) -> int:
         return EXIT_PROBLEMS
     return EXIT_OK
 
+
+def _read_stdin_source() -> str:
+    """Standard input as ``.moa`` text: read as bytes (up to the size limit and one byte)
+    and decoded as a file is, so that invalid UTF-8 is an E002 at its line and column
+    (never text silently changed by formatting), and a missing stdin a usage error."""
+    from moac.constants import MAX_SOURCE_BYTES
+    from moac.lang.parser import decode_source
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None or sys.stdin.closed:
+        raise UsageError("fmt -: there is no standard input to read")
+    return decode_source(stream.read(MAX_SOURCE_BYTES + 1), "<stdin>")
+
+
+def _write_utf8(text: str) -> None:
+    """``text`` on standard output as UTF-8, whatever encoding the locale gives stdout: a
+    .moa file is UTF-8, and formatting must not fail on its first non-ASCII letter."""
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    stream.write(text.encode("utf-8"))
+    stream.flush()
 
 
 def run() -> None:

@@ -44,8 +44,10 @@ class Quantity:
 
     @property
     def value(self) -> float:
+        """The number (``inf`` when too large for a float; the checker reports it). ``-0``
+        is 0.0, not -0.0."""
         magnitude = float(self.number.replace("_", ""))
-        return -magnitude if self.negative else magnitude
+        return -magnitude if self.negative and magnitude else magnitude
 
     @property
     def is_integer(self) -> bool:

@@ -8,6 +8,8 @@ exception classes, as in Jinja2, and both carry every diagnostic found, never ju
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -68,30 +70,66 @@ class Diagnostic:
     def _excerpt(self) -> list[str]:
         if self.span is None or self.source is None:
             return []
-        source_lines = self.source.split("\n")
-        if not 1 <= self.span.line <= len(source_lines):
+        bounds = _line_bounds(self.source, self.span.line)
+        if bounds is None:
             return []
-        text = source_lines[self.span.line - 1].rstrip("\r")
-        if self.redact and self.span.end_line == self.span.line:
-            start, end = self.span.column - 1, self.span.end_column - 1
-            text = text[:start] + "*" * (end - start) + text[end:]
-        # Tabs would shift the caret; show them as single spaces.
-        text = text.replace("\t", " ")
+        line_start, line_end = bounds
+        while line_end > line_start and self.source[line_end - 1] == "\r":
+            line_end -= 1
+        length = line_end - line_start
         gutter = f"{self.span.line:>4} | "
         start = max(self.span.column - 1, 0)
         if self.span.end_line == self.span.line:
             width = max(self.span.end_column - self.span.column, 1)
         else:
-            width = max(len(text) - start, 1)
-        width = min(width, max(len(text) - start, 1))
-        caret = " " * (len(gutter) - 2) + "| " + " " * start + "^" + "~" * (width - 1)
-        if len(text) > 200:
-            # A megabyte on one line is no help to anyone: show a window around the span.
+            width = max(length - start, 1)
+        width = min(width, max(length - start, 1))
+        mask = (start, self.span.end_column - 1) \
+            if self.redact and self.span.end_line == self.span.line else None
+        if length > 200:
+            # A megabyte on one line is no help to anyone: show a window around the span,
+            # cut from the source directly, so that a thousand diagnostics on that line
+            # cost no more than the line.
             lo = max(start - 60, 0)
-            text = ("..." if lo else "") + text[lo : lo + 120] + "..."
+            text = self.source[line_start + lo : line_start + min(lo + 120, length)]
+            if mask:
+                text = _masked(text, mask[0] - lo, mask[1] - lo)
+            text = ("..." if lo else "") + text.replace("\t", " ") + "..."
             shift = start - lo + (3 if lo else 0)
-            caret = " " * (len(gutter) - 2) + "| " + " " * shift + "^" + "~" * (min(width, 60) - 1)
+            width = min(width, 60)
+        else:
+            text = self.source[line_start:line_end]
+            if mask:
+                text = _masked(text, *mask)
+            # Tabs would shift the caret; show them as single spaces.
+            text = text.replace("\t", " ")
+            shift = start
+        caret = " " * (len(gutter) - 2) + "| " + " " * shift + "^" + "~" * (width - 1)
         return [gutter + text, caret]
+
+
+def _masked(text: str, start: int, end: int) -> str:
+    start = max(start, 0)
+    end = min(max(end, start), len(text))
+    return text[:start] + "*" * (end - start) + text[end:]
+
+
+@functools.lru_cache(maxsize=8)
+def _line_starts(source: str) -> tuple[int, ...]:
+    """Where each line of ``source`` starts. Cached: the diagnostics of one file share its
+    text, so rendering a thousand of them scans it once (a string's hash is cached too)."""
+    return (0, *(match.end() for match in re.finditer("\n", source)))
+
+
+def _line_bounds(source: str, line: int) -> tuple[int, int] | None:
+    """Where line ``line`` (from 1) of ``source`` starts and ends (before its newline);
+    None if there is no such line."""
+    if line < 1:
+        return None
+    starts = _line_starts(source)
+    if line > len(starts):
+        return None
+    return starts[line - 1], starts[line] - 1 if line < len(starts) else len(source)
 
 
 def sort_key(diagnostic: Diagnostic) -> tuple:
@@ -104,7 +142,15 @@ class MoaError(Exception):
 
     def __init__(self, diagnostics: Iterable[Diagnostic]):
         self.diagnostics: tuple[Diagnostic, ...] = tuple(sorted(diagnostics, key=sort_key))
-        super().__init__(self.render())
+        super().__init__()
+
+    def __str__(self) -> str:
+        # Rendered when asked for, not when raised: `moac check` renders each diagnostic
+        # itself, and a hundred thousand of them are worth rendering once.
+        return self.render()
+
+    def __reduce__(self):
+        return type(self), (self.diagnostics,)
 
     def render(self) -> str:
         return "\n".join(d.render() for d in self.diagnostics)

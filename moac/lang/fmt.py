@@ -28,13 +28,14 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from moac.lang import ast
-from moac.lang.parser import parse
+from moac.lang.parser import parse, possessive
 from moac.lang.tree_to_ast import unquote
 
 WIDTH = 100
 STEP = "  "
 # The long alternative of the grammar's STRING terminal: a candidate must lex as one token.
-_LONG_STRING = re.compile(r'"""(?:[^"\\]|\\[\s\S]|"(?!""))*"""')
+_LONG_STRING = re.compile(possessive(r'"""[^"\\]*+(?:(?:\\[\s\S]|"(?!""))[^"\\]*+)*+"""'))
+_QUOTE_RUN = re.compile('"{3,}')
 
 
 def format_source(text: str, path: str = "<string>") -> str:
@@ -81,15 +82,11 @@ def string_literal(value: str, indent: str = "") -> str:
 def _long_body(value: str) -> str:
     # Three raw quotes in a row would close the string: escape every third one. A raw CR
     # would be taken for part of a line ending, so it is escaped too.
-    out, run = [], 0
-    for char in value:
-        run = run + 1 if char == '"' else 0
-        if run == 3:
-            out.append('\\"')
-            run = 0
-        else:
-            out.append({"\\": "\\\\", "\r": "\\r"}.get(char, char))
-    return "".join(out)
+    value = value.replace("\\", "\\\\").replace("\r", "\\r")
+    if '"""' not in value:
+        return value
+    return _QUOTE_RUN.sub(lambda run: '""\\"' * (len(run.group()) // 3)
+                          + '"' * (len(run.group()) % 3), value)
 
 
 @dataclass(frozen=True)

@@ -146,9 +146,12 @@ def _hint_for_token(token: Token, expected) -> str | None:
 def token_span(token: Token) -> Span:
     end_line = token.end_line or token.line
     end_column = token.end_column or (token.column + max(len(token), 1))
+    end = token.end_pos or 0
     if token.type == "_NL":
+        # The token holds the blank and comment lines after the newline too: the span is
+        # the line end alone.
         end_line, end_column = token.line, token.column + 1
-    return Span(token.line, token.column, end_line, end_column,
-                token.start_pos or 0, token.end_pos or 0)
+        end = (token.start_pos or 0) + (2 if token.startswith("\r") else 1)
+    return Span(token.line, token.column, end_line, end_column, token.start_pos or 0, end)
 
 

@@ -1,14 +1,18 @@
-"""The lark parse tree to :mod:`moac.lang.ast` nodes, and string-literal semantics.
+"""The parser's reductions to :mod:`moac.lang.ast` nodes, and string-literal semantics.
 
-Part of the parser stage. :class:`TreeToAst` records bad escapes as diagnostics instead of
-raising, so one run reports all of them.
+Part of the parser stage. :class:`AstBuilder` is lark's *inline* transformer: each grammar
+rule's method runs as the LALR parser reduces it and returns the AST node at once, so no
+lark tree is ever built and walked (that, and lark's position propagation, cost about two
+thirds of parsing). The parser keeps every token (``keep_all_tokens``), so each method sees
+the rule's keywords and brackets too and takes its node's span from its first and last
+child. Bad escapes are recorded as diagnostics instead of raised, so one run reports all.
 """
 
 from __future__ import annotations
 
 import re
 
-from lark import Token, Transformer, v_args
+from lark import Token
 
 from moac.lang import ast
 from moac.lang.diagnostics import Diagnostic, Span
@@ -18,48 +22,39 @@ _QUANTITY = re.compile(
     r"(?P<neg>-)?(?P<dollar>\$)?(?P<number>[0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
     r"[ \t]*(?P<unit>.*)")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
-
-
-def _meta_span(meta) -> Span:
-    if getattr(meta, "empty", True):
-        return ast.NO_SPAN
-    return Span(meta.line, meta.column, meta.end_line, meta.end_column,
-                meta.start_pos, meta.end_pos)
+# A backslash and what it escapes; in a long string, a CRLF after it is one line end.
+_ESCAPE = re.compile(r"\\(\r\n|[\s\S])")
 
 
 def unquote(raw: str) -> tuple[str, int | None]:
-    """The value of a string literal, and the offset of a bad escape in ``raw`` if any.
+    """The value of a string literal, and the offset of its first bad escape in ``raw``.
 
     Long strings (three quotes) drop one newline after the opening quotes and the common
-    indentation of their lines, so prompts can be indented with the code around them.
+    indentation of their lines, so prompts can be indented with the code around them; a
+    backslash at the end of one of their lines joins it with the next. Linear in ``raw``.
     """
     long = raw.startswith('"""')
-    body = raw[3:-3] if long else raw[1:-1]
-    out: list[str] = []
-    i = 0
-    bad = None
-    while i < len(body):
-        char = body[i]
-        if char == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-            elif long and nxt == "\n":
-                pass  # a backslash at the end of a line joins it with the next
-            elif long and nxt == "\r" and body.startswith("\n", i + 2):
-                i += 3  # the same at the end of a CRLF line
-                continue
-            else:
-                bad = bad if bad is not None else i + (3 if long else 1)
-                out.append(nxt)
-            i += 2
-            continue
-        out.append(char)
-        i += 1
-    value = "".join(out)
+    prefix = 3 if long else 1
+    body = raw[prefix:-prefix]
+    bad: list[int] = []
+    if "\\" in body:
+        def escape(match: re.Match) -> str:
+            escaped = match.group(1)
+            if escaped in _ESCAPES:
+                return _ESCAPES[escaped]
+            if long and escaped in ("\n", "\r\n"):
+                return ""
+            if not bad:
+                bad.append(match.start() + prefix)
+            # A bad escape keeps what follows the backslash (`\q` reads as `q`); a CRLF
+            # after a backslash in a short string cannot occur (the lexer ends it there).
+            return escaped
+        value = _ESCAPE.sub(escape, body)
+    else:
+        value = body
     if long:
         value = dedent_long_string(value)
-    return value, bad
+    return value, bad[0] if bad else None
 
 
 def dedent_long_string(value: str) -> str:
@@ -77,163 +72,177 @@ def dedent_long_string(value: str) -> str:
     return "\n".join(lines)
 
 
-class TreeToAst(Transformer):
-    """Lark tree to frozen AST nodes. Records bad escapes instead of raising."""
+class _Part:
+    """What a rule that is no node of its own gives its parent: a block's or an option
+    list's settings, a layer's agents, a ``from`` base, a ``fallback`` agent."""
 
-    def __init__(self, path: str, text: str):
-        super().__init__()
-        self.path = path
-        self.text = text
+    __slots__ = ("value", "span")
+
+    def __init__(self, value, span: Span):
+        self.value = value
+        self.span = span
+
+
+def _span(children: list) -> Span:
+    """From the first child's start to the last one's end (each a token or has a span)."""
+    first, last = children[0], children[-1]
+    if isinstance(first, Token):
+        line, column, start = first.line, first.column, first.start_pos
+    else:
+        span = first.span
+        line, column, start = span.line, span.column, span.start
+    if isinstance(last, Token):
+        end_line, end_column, end = last.end_line, last.end_column, last.end_pos
+    else:
+        span = last.span
+        end_line, end_column, end = span.end_line, span.end_column, span.end
+    return Span(line, column, end_line, end_column, start, end)
+
+
+def _nodes(children: list) -> list:
+    return [child for child in children if not isinstance(child, Token)]
+
+
+def _ident(token: Token) -> ast.Ident:
+    return ast.Ident(str(token), token_span(token))
+
+
+class AstBuilder:
+    """lark's inline transformer for the grammar: one method per rule, each given the
+    rule's children (tokens included) and returning its node.
+
+    One instance serves one parser; :meth:`reset` before each parse. ``diagnostics`` holds
+    the bad escapes found, without path or source: the caller adds them.
+    """
+
+    def __init__(self) -> None:
         self.diagnostics: list[Diagnostic] = []
+
+    def reset(self) -> None:
+        self.diagnostics = []
 
     # tokens and values
 
-    def _ident(self, token: Token) -> ast.Ident:
-        return ast.Ident(str(token), token_span(token))
-
-    @v_args(meta=True)
-    def quantity(self, meta, children):
-        token = children[0]
+    def _quantity(self, token: Token, tag: Token | None, span: Span) -> ast.Quantity:
         match = _QUANTITY.fullmatch(str(token))
         assert match is not None  # the terminal's pattern guarantees it
-        tag = self._ident(children[1]) if len(children) > 1 else None
         return ast.Quantity(match["number"], match["unit"], bool(match["dollar"]),
-                            bool(match["neg"]), tag, _meta_span(meta))
+                            bool(match["neg"]), _ident(tag) if tag is not None else None, span)
 
-    @v_args(meta=True)
-    def string(self, meta, children):
+    def quantity(self, children):
+        return self._quantity(children[0], children[1] if len(children) > 1 else None,
+                              _span(children))
+
+    def string(self, children):
         return self._string(children[0])
 
     def _string(self, token: Token) -> ast.String:
-        value, bad = unquote(str(token))
+        raw = str(token)
+        value, bad = unquote(raw)
         if bad is not None:
+            # Where the escape is: counted inside the token only, so that a file of many
+            # bad escapes costs no more than its length.
+            newline = raw.rfind("\n", 0, bad)
+            line = token.line + raw.count("\n", 0, bad)
+            column = bad - newline if newline >= 0 else token.column + bad
             offset = token.start_pos + bad
-            line = self.text.count("\n", 0, offset) + 1
-            column = offset - (self.text.rfind("\n", 0, offset) + 1) + 1
             self.diagnostics.append(Diagnostic(
-                "E004", f"unknown escape '\\{self.text[offset + 1]}' in a string", self.path,
-                Span(line, column, line, column + 2, offset, offset + 2), source=self.text,
+                "E004", f"unknown escape '\\{raw[bad + 1]}' in a string", "",
+                Span(line, column, line, column + 2, offset, offset + 2),
                 hint='write "\\\\" for a backslash; known escapes: \\n \\t \\r \\" \\\\'))
         return ast.String(value, token_span(token))
 
-    @v_args(meta=True)
-    def name(self, meta, children):
+    def name(self, children):
         return ast.Name(str(children[0]), token_span(children[0]))
 
-    @v_args(meta=True)
-    def env(self, meta, children):
-        return ast.Env(self._ident(children[0]), _meta_span(meta))
+    def env(self, children):
+        return ast.Env(_ident(children[1]), _span(children))
 
-    @v_args(meta=True)
-    def list(self, meta, children):
-        return ast.ListValue(tuple(children), _meta_span(meta))
+    def list(self, children):
+        return ast.ListValue(tuple(_nodes(children)), _span(children))
 
-    @v_args(meta=True)
-    def setting(self, meta, children):
-        return ast.Setting(self._ident(children[0]), tuple(children[1:]), _meta_span(meta))
+    def setting(self, children):
+        return ast.Setting(_ident(children[0]), tuple(children[2::2]), _span(children))
 
     option = setting
 
-    @v_args(meta=True)
-    def block(self, meta, children):
-        return tuple(children)
+    def block(self, children):
+        return _Part(tuple(_nodes(children)), _span(children))
 
-    @v_args(meta=True)
-    def options(self, meta, children):
-        return tuple(children)
+    options = block
 
     # pipelines
 
-    @v_args(meta=True)
-    def copies(self, meta, children):
-        return children[0] if isinstance(children[0], ast.Quantity) else self.quantity(
-            meta, children)
+    def copies(self, children):
+        return self._quantity(children[1], None, _span(children))
 
-    @v_args(meta=True)
-    def agent(self, meta, children):
-        model = self._ident(children[0])
+    def agent(self, children):
         copies = None
         options: tuple = ()
         for child in children[1:]:
             if isinstance(child, ast.Quantity):
                 copies = child
-            elif isinstance(child, tuple):
-                options = child
-        return ast.Agent(model, copies, options, _meta_span(meta))
+            else:
+                options = child.value
+        return ast.Agent(_ident(children[0]), copies, options, _span(children))
 
-    @v_args(meta=True)
-    def agent_list(self, meta, children):
-        return (tuple(children), _meta_span(meta))
+    agent_list = block
 
-    @v_args(meta=True)
-    def layer(self, meta, children):
-        if isinstance(children[1], ast.Agent):
-            agents, agents_span = (children[1],), children[1].span
-        else:
-            agents, agents_span = children[1]
-        options = children[2] if len(children) > 2 else ()
-        return ast.Layer(self._ident(children[0]), agents, options, _meta_span(meta),
-                         agents_span)
+    def layer(self, children):
+        agents = children[3]
+        if isinstance(agents, ast.Agent):
+            agents = _Part((agents,), agents.span)
+        options = children[4].value if len(children) > 4 else ()
+        return ast.Layer(_ident(children[1]), agents.value, options, _span(children),
+                         agents.span)
 
-    @v_args(meta=True)
-    def fallback(self, meta, children):
-        return ("fallback", children[0])
+    def fallback(self, children):
+        return _Part(children[1], _span(children))
 
-    @v_args(meta=True)
-    def aggregate(self, meta, children):
-        fallback = children[1][1] if len(children) > 1 else None
-        return ast.Aggregate(children[0], fallback, _meta_span(meta))
+    def aggregate(self, children):
+        fallback = children[2].value if len(children) > 2 else None
+        return ast.Aggregate(children[1], fallback, _span(children))
 
-    @v_args(meta=True)
-    def without(self, meta, children):
-        return ast.Without(tuple(self._ident(t) for t in children), _meta_span(meta))
+    def without(self, children):
+        return ast.Without(tuple(_ident(t) for t in children[1::2]), _span(children))
 
-    @v_args(meta=True)
-    def base(self, meta, children):
-        return ("base", self._ident(children[0]))
+    def base(self, children):
+        return _Part(_ident(children[1]), _span(children))
 
-    @v_args(meta=True)
-    def pipeline_decl(self, meta, children):
+    def pipeline_decl(self, children):
         base = None
         stages = []
-        for child in children[1:]:
-            if isinstance(child, tuple) and child and child[0] == "base":
-                base = child[1]
+        for child in _nodes(children[2:]):
+            if isinstance(child, _Part):
+                base = child.value
             else:
                 stages.append(child)
-        return ast.Pipeline(self._ident(children[0]), base, tuple(stages), _meta_span(meta))
+        return ast.Pipeline(_ident(children[1]), base, tuple(stages), _span(children))
 
     # top-level declarations
 
-    @v_args(meta=True)
-    def import_decl(self, meta, children):
-        return ast.Import(self._string(children[0]), _meta_span(meta))
+    def import_decl(self, children):
+        return ast.Import(self._string(children[1]), _span(children))
 
-    @v_args(meta=True)
-    def provider_decl(self, meta, children):
-        return ast.Provider(self._ident(children[0]), children[1], _meta_span(meta))
+    def provider_decl(self, children):
+        return ast.Provider(_ident(children[1]), children[2].value, _span(children))
 
-    @v_args(meta=True)
-    def model_decl(self, meta, children):
-        settings = children[3] if len(children) > 3 else ()
-        return ast.Model(self._ident(children[0]), self._ident(children[1]),
-                         self._string(children[2]), settings, _meta_span(meta))
+    def model_decl(self, children):
+        settings = children[5].value if len(children) > 5 else ()
+        return ast.Model(_ident(children[1]), _ident(children[3]), self._string(children[4]),
+                         settings, _span(children))
 
-    @v_args(meta=True)
-    def route_decl(self, meta, children):
-        return ast.Route(self._ident(children[0]), children[1], _meta_span(meta))
+    def route_decl(self, children):
+        return ast.Route(_ident(children[1]), children[2].value, _span(children))
 
-    @v_args(meta=True)
-    def judge_decl(self, meta, children):
-        return ast.Judge(self._ident(children[0]), children[1], _meta_span(meta))
+    def judge_decl(self, children):
+        return ast.Judge(_ident(children[1]), children[2].value, _span(children))
 
-    @v_args(meta=True)
-    def budget_decl(self, meta, children):
-        return ast.Budget(children[0], _meta_span(meta))
+    def budget_decl(self, children):
+        return ast.Budget(children[1].value, _span(children))
 
-    @v_args(meta=True)
-    def planner_decl(self, meta, children):
-        return ast.PlannerBlock(children[0], _meta_span(meta))
+    def planner_decl(self, children):
+        return ast.PlannerBlock(children[1].value, _span(children))
 
     def start(self, children):
-        return children
+        return _nodes(children)
