@@ -26,8 +26,7 @@ idle and then with a CPU hog (a process spinning ``while True: pass``; the sched
 places it). Each setting is an environment for those processes (see ``SETTINGS``):
 ``old`` is what moac did before (one llama.cpp thread per core, libgomp's default spin
 before sleeping at a barrier), ``new`` is moac's defaults (threads that sleep at once, one
-per core that other processes leave free when the server starts), and two more isolate
-each half of the change. Runs of the settings are interleaved, a run is killed after
+per usable physical core), and two more for comparison. Runs of the settings are interleaved, a run is killed after
 ``--timeout`` seconds, and each line says how many cores other processes kept busy
 meanwhile (``background``): figures with a busy background are not idle figures.
 
@@ -131,9 +130,11 @@ SETTINGS = {
     "old": {"MOAC_LOCAL_THREADS": str(CORES), "GOMP_SPINCOUNT": "300000"},
     # moac's defaults: moac.providers.local_threads (default_threads, passive waiting).
     "new": {},
-    # For comparison: every core, but threads sleep at once at a barrier.
+    # For comparison: every core, threads sleeping at once at a barrier (as "new" on a
+    # machine whose cores are all physical and usable).
     "cores-passive": {"MOAC_LOCAL_THREADS": str(CORES), "OMP_WAIT_POLICY": "passive"},
-    # For comparison: a single thread (no barrier at all).
+    # For comparison: a single thread (no barrier at all), which one might expect to suffer
+    # least from a busy core; with passive waiting every core still did better.
     "one-thread": {"MOAC_LOCAL_THREADS": "1"},
 }
 
@@ -267,7 +268,7 @@ def main() -> None:
     parser.add_argument("--ctx-per-slot", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=threads_from_env(os.environ),
                         help="llama.cpp's CPU threads (default: $MOAC_LOCAL_THREADS, else "
-                             "moac's choice: the usable cores other processes leave free)")
+                             "one per usable physical core)")
     parser.add_argument("--busy", action="store_true",
                         help="time the README's first command and a small batch, idle and "
                              "beside a CPU hog, for each of --settings")
@@ -294,13 +295,13 @@ def main() -> None:
             startups.append(server.startup_s)
     with LocalServer(gguf, **sizes) as server:
         figures = asyncio.run(measure(server, args))
-        threads = server.threads_used
+        threads = server.threads
         started = time.perf_counter()
     stopped = time.perf_counter() - started
 
     print(f"model     {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB), xllamacpp "
           f"{xllamacpp.__version__}, {os.cpu_count()} CPUs, threads "
-          f"{threads}{'' if args.threads else ' (chosen at start)'}, load {os.getloadavg()[0]:.1f}")
+          f"{threads}, load {os.getloadavg()[0]:.1f}")
     print(f"import    {imported:.2f} s (xllamacpp, once per process)")
     print(f"start-up  {min(startups):.2f} s best, {max(startups):.2f} s worst of "
           f"{len(startups)} ({args.parallel} slots x {args.ctx_per_slot} tokens); stop "

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from moac.providers import local, local_threads
 from moac.providers.constants import LOCAL_CPU_POLL
 from moac.providers.local import LocalServer, LocalServerFailed, LocalServers, runtime_installed
 from moac.providers.local_threads import (
-    IdleSample, cgroup_cpu_limit, default_threads, physical_cores, threads_for, usable_cores,
+    cgroup_cpu_limit, default_threads, physical_cores, usable_cores,
 )
 from moac.ir.spec import ModelSpec, ProviderSpec
 
@@ -75,50 +74,6 @@ def test_the_default_is_the_usable_cores_unless_the_user_chose(monkeypatch):
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
 
 
-# --- cores other processes keep busy --------------------------------------------------------
-
-def test_a_thread_per_core_left_free_at_least_one_at_most_the_usable():
-    assert threads_for(4.0, 4) == 4
-    assert threads_for(3.6, 4) == 4  # most of a core free is a core
-    assert threads_for(3.4, 4) == 3
-    assert threads_for(1.0, 2) == 2 - 1  # a hog on one of two cores
-    assert threads_for(0.0, 2) == 1
-    assert threads_for(6.0, 2) == 2
-    assert threads_for(None, 3) == 3  # nothing measured: every usable core
-
-
-def test_the_sample_counts_idle_time_and_this_process_own_work_as_free(monkeypatch):
-    # Two CPUs over one second: CPU 0 idle 30 ticks of 100, CPU 1 not at all, and this
-    # process used 0.5 s of CPU: 0.3 + 0.0 + 0.5 cores are free to it.
-    ticks = iter([{0: 1000, 1: 500}, {0: 1030, 1: 500}])
-    clock = iter([10.0, 11.0, 11.0])
-    own = iter([2.0, 2.5])
-    monkeypatch.setattr(local_threads, "_idle_ticks", lambda: next(ticks))
-    monkeypatch.setattr(local_threads.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(local_threads.time, "process_time", lambda: next(own))
-    monkeypatch.setattr(local_threads.os, "sysconf", lambda name: 100)
-    assert IdleSample(cpus=[0, 1]).free_cores(min_window_s=0) == pytest.approx(0.8)
-
-
-def test_without_proc_stat_nothing_is_measured(monkeypatch):
-    monkeypatch.setattr(local_threads, "_idle_ticks", dict)
-    assert IdleSample().free_cores(min_window_s=0) is None
-
-
-def test_a_cpu_hog_is_seen_as_a_busy_core():
-    cpu = min(os.sched_getaffinity(0))
-    hog = subprocess.Popen([sys.executable, "-c",
-                            f"import os; os.sched_setaffinity(0, {{{cpu}}})\n"
-                            f"while True: pass"])
-    try:
-        time.sleep(0.3)  # started and pinned
-        free = IdleSample(cpus=[cpu]).free_cores(min_window_s=0.3)
-    finally:
-        hog.kill()
-        hog.wait()
-    assert free is not None and free < 0.3  # whatever else runs, the hog leaves it no idle
-
-
 # --- the parameters the server starts with ---------------------------------------------------
 
 class _Refused(RuntimeError):
@@ -147,20 +102,15 @@ def threads_of(params) -> tuple[int, int]:
 
 
 @needs_runtime
-def test_the_server_starts_with_a_thread_per_free_core_and_no_polling(recorded, monkeypatch):
+def test_the_server_starts_with_one_thread_per_usable_core_and_no_polling(recorded):
     params_seen, gguf = recorded
-    monkeypatch.delenv("MOAC_LOCAL_THREADS", raising=False)
-    monkeypatch.setattr(local_threads, "usable_cores", lambda: 4)
-    for free, threads in ((4.0, 4), (2.2, 2), (0.1, 1), (None, 4)):
-        monkeypatch.setattr(IdleSample, "free_cores", lambda self, *a, free=free: free)
-        server = LocalServer(gguf)
-        with pytest.raises(LocalServerFailed):
-            server.start()
-        params = params_seen.pop()
-        assert threads_of(params) == (threads, threads) and server.threads_used == threads
-        for cpu in (params.cpuparams, params.cpuparams_batch):
-            assert cpu.poll == LOCAL_CPU_POLL == 0
-            assert not cpu.strict_cpu  # threads may move to whichever core is free
+    with pytest.raises(LocalServerFailed):
+        LocalServer(gguf).start()
+    (params,) = params_seen
+    assert threads_of(params) == (usable_cores(), usable_cores())
+    for cpu in (params.cpuparams, params.cpuparams_batch):
+        assert cpu.poll == LOCAL_CPU_POLL == 0
+        assert not cpu.strict_cpu  # threads may move to whichever core is free
 
 
 @needs_runtime

@@ -97,10 +97,3 @@ LOCAL_OMP_WAIT_POLICY = "passive"
 # llama.cpp's own thread pool (builds without OpenMP) polls for new work at this level,
 # 0-100, before it sleeps: 0, no polling, for the same reason.
 LOCAL_CPU_POLL = 0
-# llama.cpp's threads all meet at every barrier, so they go at the pace of the one that
-# waits longest for a core: with a core busy elsewhere, one thread fewer was as fast or
-# faster. A server started without a thread count from the user gets one per core that
-# other processes leave free, sampled over this long (overlapping the import of llama.cpp)...
-LOCAL_IDLE_SAMPLE_S = 0.2
-# ...where a core counts as free from this share of it idle.
-LOCAL_CORE_FREE_FROM = 0.5

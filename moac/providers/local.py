@@ -59,7 +59,7 @@ from moac.providers.local_model import (  # noqa: F401 (re-exported: moac.provid
     resolve_gguf, runtime_installed,
 )
 from moac.providers.local_threads import (  # noqa: F401 (re-exported)
-    THREADS_ENV, IdleSample, default_threads, threads_from_env,
+    THREADS_ENV, default_threads, threads_from_env,
 )
 from moac.ir.spec import ModelSpec, ProviderSpec
 
@@ -93,10 +93,9 @@ class LocalServer:
     ``parallel`` slots decode concurrently (continuous batching); each slot gets
     ``ctx_per_slot`` tokens of context, so the KV cache holds ``parallel * ctx_per_slot``.
     ``threads`` is llama.cpp's CPU thread count, for generation and prompts alike (None:
-    ``$MOAC_LOCAL_THREADS``, else one per usable physical core that other processes leave
-    free when it starts; :attr:`threads_used` says how many it got). Its threads sleep
-    when they wait (see :mod:`moac.providers.local_threads`). The server accepts only
-    requests bearing :attr:`api_key`, a random token made per start.
+    :func:`~moac.providers.local_threads.default_threads`, one per usable physical core);
+    its threads sleep when they wait (see :mod:`moac.providers.local_threads`). The
+    server accepts only requests bearing :attr:`api_key`, a random token made per start.
 
     Use ``with LocalServer(path) as server:``, ``async with``, or :meth:`start` and
     :meth:`stop`. :meth:`start` returns once the server has answered a request through its
@@ -116,8 +115,7 @@ class LocalServer:
         self.gguf = Path(gguf)
         self.parallel = parallel
         self.ctx_per_slot = ctx_per_slot
-        self.threads = threads
-        self.threads_used: int | None = None
+        self.threads = threads if threads is not None else default_threads()
         self.ready_timeout_s = ready_timeout_s
         self.startup_s: float | None = None
         self._where = {"provider": provider, "model": model}
@@ -165,10 +163,6 @@ class LocalServer:
         with self._lock:
             if self._server is not None:
                 return self
-            threads = self.threads if self.threads is not None else threads_from_env(os.environ)
-            # Sampled while llama.cpp is imported (the first time), which is this
-            # process's own work: the sample discounts it.
-            sample = IdleSample() if threads is None else None
             xlc = _import_xllamacpp(**self._where)
             if not self.gguf.is_file():
                 raise LocalModelMissing(f"the model file '{self.gguf}' does not exist",
@@ -195,12 +189,9 @@ class LocalServer:
             _set_if_present(params, "sse_ping_interval", 1)
             # Set, not left to llama.cpp: its default counts every core of the machine,
             # not those this process may use (affinity, a container's quota).
-            if threads is None:
-                threads = default_threads(environ={}, sample=sample)
             for cpu in (params.cpuparams, params.cpuparams_batch):
-                cpu.n_threads = threads
+                cpu.n_threads = self.threads
                 cpu.poll = LOCAL_CPU_POLL
-            self.threads_used = threads
             started = time.perf_counter()
             try:
                 server = xlc.Server(params)
@@ -306,8 +297,8 @@ class LocalServers:
     """The local servers of a run, one per GGUF file, started on first use and shared by
     every agent (and every provider) that runs that file. The first user's provider
     settles its ``parallel`` slots and the context per slot (the model's ``context``).
-    ``threads``: llama.cpp's CPU threads (None: ``$MOAC_LOCAL_THREADS``, else chosen as
-    each server starts: see :class:`LocalServer`)."""
+    ``threads``: llama.cpp's CPU threads (None: ``$MOAC_LOCAL_THREADS``, else one per
+    usable physical core)."""
 
     def __init__(self, *, threads: int | None = None,
                  ready_timeout_s: float = READY_TIMEOUT_S,

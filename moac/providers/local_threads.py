@@ -9,26 +9,20 @@ core busy elsewhere, a query took 164-296 s instead of about 11 s. Threads that 
 (``OMP_WAIT_POLICY=passive``) hand their core over; on an idle machine that costs nothing
 measurable (``python bench/local.py --busy``).
 
-Even sleeping, threads that must all meet hundreds of times a token go at the pace of the
-one that waits longest for a core: with other work keeping a core busy, one thread fewer is
-as fast or faster. So: passive waiting, and one thread per physical core this process may
-use (its CPU affinity, capped by a container's CPU quota; llama.cpp's own default counts
-every core of the machine) less the cores other processes keep busy, sampled for a fifth of
-a second when a server starts (:class:`IdleSample`); at least one. Unless the user chose
-(``$MOAC_LOCAL_THREADS``, ``$OMP_WAIT_POLICY``, ``$GOMP_SPINCOUNT``).
+So: one thread per physical core this process may use (its CPU affinity, capped by a
+container's CPU quota; llama.cpp's own default counts every core of the machine), and
+passive waiting, unless the user chose otherwise (``$MOAC_LOCAL_THREADS``,
+``$OMP_WAIT_POLICY``, ``$GOMP_SPINCOUNT``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from moac.providers.constants import (
-    LOCAL_CORE_FREE_FROM, LOCAL_IDLE_SAMPLE_S, LOCAL_OMP_WAIT_POLICY,
-)
+from moac.providers.constants import LOCAL_OMP_WAIT_POLICY
 
 # The user's choice of llama.cpp's thread count (a positive integer).
 THREADS_ENV = "MOAC_LOCAL_THREADS"
@@ -110,81 +104,22 @@ def cgroup_cpu_limit(cpu_max: str | None = None, quota_us: str | None = None,
 def usable_cores() -> int:
     """The physical cores this process may run on: those of its CPU affinity (``taskset``,
     a cpuset), at most a container's CPU quota rounded up; at least 1."""
-    cores = physical_cores(_affinity())
+    try:
+        cpus: Iterable[int] = os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # not Linux
+        cpus = range(os.cpu_count() or 1)
+    cores = physical_cores(cpus)
     limit = cgroup_cpu_limit()
     if limit is not None:
         cores = min(cores, max(1, math.ceil(limit)))
     return cores
 
 
-def _affinity() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return set(range(os.cpu_count() or 1))
-
-
-def _idle_ticks() -> dict[int, int]:
-    """Idle (and I/O wait) clock ticks of each CPU since boot, from /proc/stat; {} where
-    there is no /proc/stat."""
-    ticks: dict[int, int] = {}
-    text = _read(Path("/proc/stat")) or ""
-    for line in text.splitlines():
-        name, _, rest = line.partition(" ")
-        if name.startswith("cpu") and name[3:].isdigit():
-            fields = rest.split()
-            try:
-                ticks[int(name[3:])] = int(fields[3]) + int(fields[4])
-            except (IndexError, ValueError):
-                continue
-    return ticks
-
-
-class IdleSample:
-    """How many of this process's CPUs stand idle or are used by this process itself (its
-    every thread), measured from the sample's making to :meth:`free_cores`: the cores that
-    other processes leave to it. Make it before slow work of this process's own (importing
-    llama.cpp) and the window costs little."""
-
-    def __init__(self, cpus: Iterable[int] | None = None) -> None:
-        self.cpus = set(cpus) if cpus is not None else _affinity()
-        self._idle = _idle_ticks()
-        self._own_s = time.process_time()
-        self._started = time.monotonic()
-
-    def free_cores(self, min_window_s: float = LOCAL_IDLE_SAMPLE_S) -> float | None:
-        """The free cores, in CPUs (2.0: two CPUs' worth), averaged over at least
-        ``min_window_s`` (sleeping for what is left of it); None when the kernel does not
-        say (no /proc/stat)."""
-        left = min_window_s - (time.monotonic() - self._started)
-        if left > 0:
-            time.sleep(left)
-        idle, own_s = _idle_ticks(), time.process_time() - self._own_s
-        elapsed = time.monotonic() - self._started
-        cpus = [cpu for cpu in self.cpus if cpu in idle and cpu in self._idle]
-        if not cpus or elapsed <= 0:
-            return None
-        idle_s = sum(idle[cpu] - self._idle[cpu] for cpu in cpus) / os.sysconf("SC_CLK_TCK")
-        return max(0.0, min(float(len(cpus)), (idle_s + own_s) / elapsed))
-
-
-def threads_for(free_cores: float | None, usable: int) -> int:
-    """One thread per free core (a core counts from :data:`LOCAL_CORE_FREE_FROM` of it
-    free), at most ``usable``, at least 1; ``usable`` when nothing was measured."""
-    if free_cores is None:
-        return max(1, usable)
-    return max(1, min(usable, math.floor(free_cores + 1 - LOCAL_CORE_FREE_FROM)))
-
-
-def default_threads(environ: Mapping[str, str] | None = None,
-                    sample: IdleSample | None = None) -> int:
+def default_threads(environ: Mapping[str, str] | None = None) -> int:
     """llama.cpp's thread count for a server: ``$MOAC_LOCAL_THREADS`` when set, else
-    :func:`usable_cores` less the cores ``sample`` finds busy with other processes (all of
-    them without a sample)."""
+    :func:`usable_cores`."""
     chosen = threads_from_env(os.environ if environ is None else environ)
-    if chosen is not None:
-        return chosen
-    return threads_for(sample.free_cores() if sample is not None else None, usable_cores())
+    return chosen if chosen is not None else usable_cores()
 
 
 def import_xllamacpp_waiting_passively() -> Any:
