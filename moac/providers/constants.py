@@ -105,3 +105,15 @@ MIN_SECRET_FRAGMENT = 8
 # key is this short, and a key is redacted from every message, so a one-character "key"
 # would mangle them all ("conte[REDACTED]t length").
 MIN_API_KEY_CHARS = 8
+
+# --- the embedded llama.cpp server's threads (moac/providers/local_threads.py) --------------
+# How llama.cpp's OpenMP threads wait at the barrier that ends each operation of a forward
+# pass. libgomp's default spins about 3 ms first: with a core busy elsewhere, the threads
+# that arrived spin at every barrier for the one still waiting for a core, and the same
+# query took 164-296 s instead of about 11 s on 2 cores. "passive" sleeps at once: as fast
+# on an idle machine (bench/local.py --busy), and a busy one slows it down only in
+# proportion to the cores it takes.
+LOCAL_OMP_WAIT_POLICY = "passive"
+# llama.cpp's own thread pool (builds without OpenMP) polls for new work at this level,
+# 0-100, before it sleeps: 0, no polling, for the same reason.
+LOCAL_CPU_POLL = 0

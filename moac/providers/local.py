@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Mapping
 import aiohttp
 from pydantic import SecretStr
 
+from moac.providers.constants import LOCAL_CPU_POLL
 from moac.providers.errors import BadRequest, ProviderError
 from moac.providers.limits import ProviderLimiter
 from moac.providers.openai import Attempt, CallResult, ChatRequest, OpenAICompatibleClient
@@ -56,6 +57,9 @@ from moac.providers.local_model import (  # noqa: F401 (re-exported: moac.provid
     INSTALL_MODEL, INSTALL_RUNTIME, LocalModelMissing, LocalRuntimeMissing, LocalServerFailed,
     LocalUnavailable, _check_gguf_file, _import_xllamacpp, check_local, find_default_gguf,
     resolve_gguf, runtime_installed,
+)
+from moac.providers.local_threads import (  # noqa: F401 (re-exported)
+    THREADS_ENV, default_threads, threads_from_env,
 )
 from moac.ir.spec import ModelSpec, ProviderSpec
 
@@ -67,11 +71,6 @@ READY_POLL_S = 0.05
 # Seconds a stop waits, after a failed start, for the task loop to answer before tearing the
 # server down anyway.
 STOP_PROBE_S = 2.0
-# llama.cpp's CPU threads, when set (a positive integer); unset: llama.cpp's default, one
-# per core. llama.cpp's threads spin while they wait for each other, so on a machine that
-# is busy with other work fewer threads can be much faster (on 2 cores under load, 1 thread
-# decodes ~48 tok/s where 2 decode ~25, and at times 3); on an idle machine, all cores win.
-THREADS_ENV = "MOAC_LOCAL_THREADS"
 # llama.cpp's log threshold: 0 output, 1 errors, 2 warnings, 3 info, 4 debug. Errors only:
 # a failed model load explains itself on stderr.
 LOG_VERBOSITY = 1
@@ -93,7 +92,9 @@ class LocalServer:
 
     ``parallel`` slots decode concurrently (continuous batching); each slot gets
     ``ctx_per_slot`` tokens of context, so the KV cache holds ``parallel * ctx_per_slot``.
-    ``threads`` is llama.cpp's CPU thread count (None: its default, the cores). The
+    ``threads`` is llama.cpp's CPU thread count, for generation and prompts alike (None:
+    :func:`~moac.providers.local_threads.default_threads`, one per usable physical core);
+    its threads sleep when they wait (see :mod:`moac.providers.local_threads`). The
     server accepts only requests bearing :attr:`api_key`, a random token made per start.
 
     Use ``with LocalServer(path) as server:``, ``async with``, or :meth:`start` and
@@ -109,10 +110,12 @@ class LocalServer:
             raise ValueError(f"parallel must be at least 1, not {parallel}")
         if ctx_per_slot < 16:
             raise ValueError(f"ctx_per_slot must be at least 16, not {ctx_per_slot}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
         self.gguf = Path(gguf)
         self.parallel = parallel
         self.ctx_per_slot = ctx_per_slot
-        self.threads = threads
+        self.threads = threads if threads is not None else default_threads()
         self.ready_timeout_s = ready_timeout_s
         self.startup_s: float | None = None
         self._where = {"provider": provider, "model": model}
@@ -184,9 +187,11 @@ class LocalServer:
             # never with 0 (a stop with a stream in flight then hangs). One a second bounds
             # such a stop to about a second; the pings are SSE comments, which clients skip.
             _set_if_present(params, "sse_ping_interval", 1)
-            if self.threads is not None:
-                params.cpuparams.n_threads = self.threads
-                params.cpuparams_batch.n_threads = self.threads
+            # Set, not left to llama.cpp: its default counts every core of the machine,
+            # not those this process may use (affinity, a container's quota).
+            for cpu in (params.cpuparams, params.cpuparams_batch):
+                cpu.n_threads = self.threads
+                cpu.poll = LOCAL_CPU_POLL
             started = time.perf_counter()
             try:
                 server = xlc.Server(params)
@@ -278,22 +283,6 @@ def _set_if_present(params: Any, name: str, value: Any) -> None:
         setattr(params, name, value)
 
 
-def threads_from_env(environ: Mapping[str, str]) -> int | None:
-    """``$MOAC_LOCAL_THREADS`` as a thread count; None when unset. Raises ValueError,
-    naming the variable, when it is not a positive integer."""
-    text = environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        threads = int(text)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ValueError(f"{THREADS_ENV} must be a positive whole number of threads, not "
-                         f"{text[:20]!r}")
-    return threads
-
-
 def make_local_session() -> aiohttp.ClientSession:
     """An HTTP session for local servers: one connection per request (see the module
     docstring), no pool limit (the providers' limiters queue requests). Call it inside a
@@ -309,7 +298,7 @@ class LocalServers:
     every agent (and every provider) that runs that file. The first user's provider
     settles its ``parallel`` slots and the context per slot (the model's ``context``).
     ``threads``: llama.cpp's CPU threads (None: ``$MOAC_LOCAL_THREADS``, else one per
-    core)."""
+    usable physical core)."""
 
     def __init__(self, *, threads: int | None = None,
                  ready_timeout_s: float = READY_TIMEOUT_S,
@@ -499,5 +488,6 @@ __all__ = [
     "DEFAULT_GGUF_NAME", "INSTALL_MODEL", "INSTALL_RUNTIME", "LocalClient",
     "LocalModelMissing", "LocalRuntimeMissing", "LocalServer", "LocalServerFailed",
     "LocalServers", "LocalUnavailable", "check_local", "find_default_gguf",
-    "make_local_session", "resolve_gguf", "runtime_installed", "threads_from_env",
+    "default_threads", "make_local_session", "resolve_gguf", "runtime_installed",
+    "threads_from_env",
 ]

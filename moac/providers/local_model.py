@@ -14,6 +14,7 @@ from typing import Any
 
 
 from moac.providers.errors import ProviderError
+from moac.providers.local_threads import import_xllamacpp_waiting_passively
 from moac.ir.spec import ModelSpec, ProviderSpec
 
 # --- the default model and the install commands -------------------------------------------
@@ -151,7 +152,7 @@ def check_local(provider: ProviderSpec, model: ModelSpec) -> Path:
 
 def _import_xllamacpp(provider: str | None = None, model: str | None = None):
     try:
-        import xllamacpp
+        xllamacpp = import_xllamacpp_waiting_passively()
     except ImportError as error:
         raise LocalRuntimeMissing(
             f"llama.cpp is not installed (cannot import xllamacpp: {error}): run "
